@@ -1,0 +1,25 @@
+"""User-facing errors: one clear line naming the fix, no traceback (unless --verbose)."""
+
+
+class UserError(Exception):
+  """Bad input from the user (config, data dir, weights file, workdir...).
+
+  `main` prints `str(err)` as a single line and exits non-zero. The message must
+  name what is wrong and how to fix it.
+  """
+
+
+class ConfigError(UserError):
+  """A config value is invalid; the message names the config key."""
+
+  def __init__(self, key: str, message: str):
+    self.key = key
+    super().__init__(f"config.{key}: {message}")
+
+
+class DataError(UserError):
+  """Data is missing or inconsistent; the message names the command that prepares it."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """A loss or gradient became NaN/inf; training stopped without saving the bad state."""

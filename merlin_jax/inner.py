@@ -1,0 +1,165 @@
+"""The inner problem of MeRLin: fit a target head on frozen features (Algorithm 1, l. 4-8).
+
+Everything here works on *features* [N, D], computed once per outer step by the caller, so
+the inner loop never touches the backbone. Solvers are differentiable in the features:
+the meta-gradient flows from the target-val loss through the fitted head into phi.
+
+Solvers (config `inner.kind`):
+  gd     the paper's: n plain gradient steps of size eta on the softmax cross-entropy of
+         the head over target-train features, as a `lax.scan`; the body is wrapped in
+         `jax.checkpoint` (config `inner.remat`) so the backward pass stores only the
+         head per step and memory does not grow with the features' activations.
+  ridge  closed-form ridge regression of one-hot targets (R2-D2, Bertinetto et al. 2019),
+         solved in whichever of the primal (D x D) or dual (N x N) form is smaller.
+`first_order=True` stops the gradient through the solve: the head is a constant to the
+outer step, so phi only receives the gradient of the val loss at the fitted head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from merlin_jax import losses
+from merlin_jax.errors import ConfigError
+from merlin_jax.models.heads import apply_head, init_head
+
+SOLVERS = ("gd", "ridge")
+HEAD_INITS = ("zeros", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerConfig:
+  kind: str = "gd"
+  steps: int = 20            # n (gd)
+  lr: float = 0.1            # eta (gd)
+  first_order: bool = False
+  remat: bool = True
+  init: str = "zeros"        # head init for gd: 'zeros' | 'random'
+  weight_decay: float = 0.0  # L2 on the head inside the inner problem (gd)
+  ridge_lambda: float = 1.0  # ridge
+  ridge_scale: float = 1.0   # logits = scale * ridge prediction (R2-D2's calibration)
+
+  @classmethod
+  def from_config(cls, cfg) -> "InnerConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: cfg[k] for k in cfg.keys() if k in fields}
+    unknown = [k for k in cfg.keys() if k not in fields]
+    if unknown:
+      raise ConfigError(f"inner.{unknown[0]}", f"unknown key; valid keys are {sorted(fields)}")
+    inner = cls(**values)
+    inner.validate()
+    return inner
+
+  def validate(self) -> None:
+    if self.kind not in SOLVERS:
+      raise ConfigError("inner.kind", f"unknown inner solver {self.kind!r}; choose one of {list(SOLVERS)}")
+    if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+      raise ConfigError("inner.steps", f"must be an integer >= 0, got {self.steps!r}")
+    if not self.lr > 0:
+      raise ConfigError("inner.lr", f"must be > 0, got {self.lr!r}")
+    if self.init not in HEAD_INITS:
+      raise ConfigError("inner.init", f"unknown head init {self.init!r}; choose one of {list(HEAD_INITS)}")
+    if not self.ridge_lambda > 0:
+      raise ConfigError("inner.ridge_lambda", f"must be > 0, got {self.ridge_lambda!r}")
+    if self.weight_decay < 0:
+      raise ConfigError("inner.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+
+
+def head_train_loss(head, features, labels, weight_decay: float = 0.0):
+  """L_{D_t^tr}(theta, phi) as a function of the head: cross-entropy (+ optional L2)."""
+  loss = losses.softmax_cross_entropy(apply_head(head, features), labels)
+  if weight_decay:
+    loss = loss + losses.weight_decay(head["w"], weight_decay)
+  return loss
+
+
+def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: float,
+                weight_decay: float = 0.0, remat: bool = True, return_trajectory: bool = False):
+  """theta^[k+1] = theta^[k] - eta * grad L_tr(theta^[k])  for k < n   (Algorithm 1, l. 6-8).
+
+  features: [N_tr, D]; labels: [N_tr] int. Returns theta^[n] (and, if asked, the train
+  loss before each step, [n]).
+  """
+  grad_fn = jax.value_and_grad(head_train_loss)
+
+  def step(head, _):
+    loss, g = grad_fn(head, features, labels, weight_decay)
+    return jax.tree.map(lambda p, d: p - lr * d, head, g), loss
+
+  if remat:
+    step = jax.checkpoint(step)
+  head, trajectory = jax.lax.scan(step, head0, None, length=steps)
+  return (head, trajectory) if return_trajectory else head
+
+
+def fit_head_ridge(features: jax.Array, labels: jax.Array, num_classes: int, lam: float,
+                   scale: float = 1.0):
+  """argmin_{W,b} ||[X 1] [W; b] - Y||^2 + lam ||W||^2, Y one-hot (bias not penalised).
+
+  Differentiable in `features` through `jnp.linalg.solve`. Centering handles the bias:
+  b = mean(Y) - mean(X) W.
+  """
+  y = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)
+  x_mean = jnp.mean(features, axis=0)
+  y_mean = jnp.mean(y, axis=0)
+  xc, yc = features - x_mean, y - y_mean
+  n, d = features.shape
+  if d <= n:   # primal: (X^T X + lam I)^{-1} X^T Y, a D x D solve
+    w = jnp.linalg.solve(xc.T @ xc + lam * jnp.eye(d, dtype=features.dtype), xc.T @ yc)
+  else:        # dual (Woodbury): X^T (X X^T + lam I)^{-1} Y, an N x N solve
+    w = xc.T @ jnp.linalg.solve(xc @ xc.T + lam * jnp.eye(n, dtype=features.dtype), yc)
+  b = y_mean - x_mean @ w
+  return {"w": scale * w, "b": scale * b}
+
+
+def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_classes: int,
+             key: jax.Array | None):
+  """The configured inner solver: theta_hat_t(phi) ~ argmin_theta L_{D_t^tr}(theta, phi)."""
+  if inner.kind == "gd":
+    head0 = init_head(key, features.shape[-1], num_classes, inner.init, features.dtype)
+    head = fit_head_gd(features, labels, head0, inner.steps, inner.lr, inner.weight_decay,
+                       inner.remat)
+  elif inner.kind == "ridge":
+    head = fit_head_ridge(features, labels, num_classes, inner.ridge_lambda, inner.ridge_scale)
+  else:  # validated earlier; kept for direct callers
+    raise ConfigError("inner.kind", f"unknown inner solver {inner.kind!r}")
+  if inner.first_order:
+    head = jax.lax.stop_gradient(head)
+  return head
+
+
+def resample_target_split(key: jax.Array, num_target: int, train_size: int, val_size: int):
+  """Algorithm 1, l. 5: a fresh random train/val partition of the target set.
+
+  Returns (train_idx [train_size], val_idx [val_size]), disjoint int32 index arrays into
+  the target set; the same key gives the same split.
+  """
+  if train_size + val_size > num_target:
+    raise ConfigError("split", f"train_size + val_size = {train_size + val_size} exceeds the "
+                      f"{num_target} target examples available; lower split.train_size/val_size")
+  perm = jax.random.permutation(key, num_target)
+  return perm[:train_size], perm[train_size:train_size + val_size]
+
+
+def meta_target_loss(inner: InnerConfig, features_train, labels_train, features_val, labels_val,
+                     num_classes: int, key: jax.Array | None):
+  """L_meta,t(phi) = L_{D_t^val}(theta_hat_t(phi), phi)   (the meta-objective).
+
+  Returns (val_loss, metrics). Differentiable in both feature arrays; through the inner
+  solve too unless `inner.first_order`.
+  """
+  head = fit_head(inner, features_train, labels_train, num_classes, key)
+  val_logits = apply_head(head, features_val)
+  val_loss = losses.softmax_cross_entropy(val_logits, labels_val)
+  metrics = {
+      "meta_val_loss": val_loss,
+      "meta_val_accuracy": losses.accuracy(val_logits, labels_val),
+      "meta_train_loss": jax.lax.stop_gradient(
+          losses.softmax_cross_entropy(apply_head(head, features_train), labels_train)),
+  }
+  return val_loss, metrics
+
+

@@ -1,0 +1,24 @@
+"""L2-SP (Li et al. 2018): fine-tuning with the backbone pulled toward its pre-trained w0.
+
+L_tgt + alpha/2 ||w - w0||^2 (backbone) + beta/2 ||theta_t||^2 (new head weights).
+"""
+
+from merlin_jax import losses
+from merlin_jax.methods.base import Method
+from merlin_jax.methods.target_only import target_objective
+
+
+def objective(ctx, params, state, batch, key, anchor=None):
+  if anchor is None:
+    raise ValueError("l2sp needs the pre-trained backbone params as `anchor`")
+  tgt_loss, new_state, metrics = target_objective(ctx, params, state, batch, key)
+  sp = losses.l2_distance_sq(params["backbone"], anchor)
+  head_l2 = losses.l2_norm_sq(params["target_head"]["w"])
+  loss = tgt_loss + 0.5 * ctx.hp.alpha * sp + 0.5 * ctx.hp.beta * head_l2
+  metrics.update(loss=loss, l2sp_distance_sq=sp)
+  return loss, (new_state, metrics)
+
+
+METHOD = Method("l2sp", objective, uses_source=False, needs_pretrained=True,
+                eval_head="learned",
+                description="L_tgt + alpha/2 ||w-w0||^2 + beta/2 ||head||^2 from pre-trained")

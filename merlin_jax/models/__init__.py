@@ -1,0 +1,81 @@
+"""Backbones (feature extractors h_phi) and heads.
+
+A backbone is a Flax Linen module `module.apply(variables, x, train=...) -> features`,
+wrapped by `Backbone` into pure functions over (params, state) so that methods never touch
+Flax collections directly. Register a new backbone by adding it to `_FACTORIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from merlin_jax.errors import ConfigError
+from merlin_jax.models import cnn, resnet
+from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
+
+
+def _small_cnn(cfg):
+  return cnn.SmallCNN(conv_widths=tuple(cfg.get("conv_widths", (32, 64))),
+                      feature_dim=cfg.get("feature_dim", 256),
+                      use_batch_norm=cfg.get("batch_norm", False))
+
+
+def _resnet18(cfg):
+  return resnet.ResNet18(small_inputs=cfg.get("small_inputs", False))
+
+
+def _resnet50(cfg):
+  return resnet.ResNet50(small_inputs=cfg.get("small_inputs", False))
+
+
+_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
+    "small_cnn": _small_cnn,
+    "resnet18": _resnet18,
+    "resnet50": _resnet50,
+}
+
+
+def register_backbone(name: str, factory: Callable[[Any], nn.Module]) -> None:
+  _FACTORIES[name] = factory
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """h_phi as pure functions.
+
+  params: the 'params' collection; state: every other collection (e.g. 'batch_stats'),
+  possibly empty.
+  """
+  module: nn.Module
+  feature_dim: int
+
+  def init(self, key: jax.Array, example_input: jax.Array):
+    variables = self.module.init(key, example_input, train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+  def features(self, params, state, x, train: bool):
+    """Returns (features [N, D], new_state). In train mode batch-norm statistics come from
+    this batch and the running averages in new_state are updated once (per call)."""
+    variables = {"params": params, **state}
+    if train and state:
+      feats, updates = self.module.apply(variables, x, train=True, mutable=list(state.keys()))
+      return feats, dict(updates)
+    return self.module.apply(variables, x, train=train), state
+
+
+def make_backbone(model_cfg, example_input_shape, dtype=jnp.float32) -> Backbone:
+  name = model_cfg.name
+  if name not in _FACTORIES:
+    raise ConfigError("model.name", f"unknown backbone {name!r}; choose one of {sorted(_FACTORIES)}")
+  module = _FACTORIES[name](model_cfg)
+  shape = jax.eval_shape(
+      lambda: module.init(jax.random.key(0), jnp.zeros(example_input_shape, dtype)))
+  out = jax.eval_shape(lambda v: module.apply(v, jnp.zeros(example_input_shape, dtype)), shape)
+  return Backbone(module=module, feature_dim=int(out.shape[-1]))
