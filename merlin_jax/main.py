@@ -1,0 +1,39 @@
+r"""Command line: parse flags, call `train.train_and_evaluate(config, workdir)`.
+
+  python -m merlin_jax.main --config=configs/digits.py --workdir=/tmp/merlin/digits
+  python -m merlin_jax.main --config=configs/digits.py --workdir=/tmp/x \
+      --config.method=joint --config.seed=1
+
+Bad input (unknown method, missing data, ...) prints one line naming the fix and exits
+with status 2; `--verbose` shows the traceback.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py), optionally `file.py:arg`.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from merlin_jax import errors, train  # after flag parsing: fast --help
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (errors.UserError, errors.NonFiniteLossError) as e:
+    if _VERBOSE.value:
+      raise
+    logging.flush()
+    print(f"merlin_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,76 @@
+"""Metrics to WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard, from process 0."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+JSONL = "metrics.jsonl"
+
+
+def _to_python(v):
+  v = np.asarray(v)
+  return v.item() if v.ndim == 0 else v.tolist()
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.is_main = jax.process_index() == 0
+    self.path = os.path.join(workdir, JSONL)
+    self._tb = None
+    if not self.is_main:
+      return
+    truncate_jsonl(self.path, resume_step)
+    try:  # TensorBoard is optional at run time (clu + tensorboard in requirements.txt)
+      from clu import metric_writers
+      self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except Exception:  # pragma: no cover - missing optional dependency
+      self._tb = None
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.is_main:
+      return
+    record = {"step": int(step)}
+    record.update({k: _to_python(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      scalars = {k: v for k, v in record.items()
+                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+      if scalars:
+        self._tb.write_scalars(int(step), scalars)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def truncate_jsonl(path: str, keep_upto_step: int) -> None:
+  """Drop records past `keep_upto_step` (written after the checkpoint we resume from), so a
+  resumed run's file equals an uninterrupted run's. Atomic: write aside, then rename."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # a torn last line from a killed run
+      continue
+    if record.get("step", 0) <= keep_upto_step and not record.get("final"):
+      kept.append(json.dumps(record) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
