@@ -8,6 +8,7 @@ Bad input (unknown method, missing data, ...) prints one line naming the fix and
 with status 2; `--verbose` shows the traceback.
 """
 
+import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -21,9 +22,18 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors."
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Hide the INFO chatter of orbax/tensorflow_datasets; warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from merlin_jax import errors, train  # after flag parsing: fast --help
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -394,15 +394,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  if method.uses_source else None)
 
   def evaluate_and_select(state):
+    nonlocal selected
     m = evaluator.target_val(state.params, state.model_state)
     m.update(evaluator.source_sets(state.params, state.model_state))
     if m["target_val_accuracy"] > float(state.best_val_accuracy):
-      state = state.replace(best_val_accuracy=jnp.asarray(m["target_val_accuracy"], jnp.float32),
-                            best_step=state.step)
-      checkpointing.save(best_mngr, int(state.step),
-                         {"params": state.params, "model_state": state.model_state})
-      nonlocal selected
-      selected = {"params": state.params, "model_state": state.model_state}
+      # Copies: the train step donates the state's buffers.
+      selected = _copy({"params": state.params, "model_state": state.model_state})
+      state = state.replace(
+          best_val_accuracy=sharding.replicate(mesh, np.float32(m["target_val_accuracy"])),
+          best_step=_copy(state.step))
+      checkpointing.save(best_mngr, int(state.step), selected)
     m["best_target_val_accuracy"] = float(state.best_val_accuracy)
     return state, m
 
@@ -463,6 +464,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                method.name, final.get("target_test_accuracy", float("nan")),
                final["selected_step"], final["best_target_val_accuracy"])
   return final
+
+
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def _fmt_seconds(s: float) -> str:

@@ -8,6 +8,8 @@ params : {'backbone': ..., 'source_head': {'w','b'}, 'target_head': {'w','b'}}
 state  : the backbone's non-trainable collections (e.g. {'batch_stats': ...}; may be {})
 batch  : {'source': {'image', 'label'} or None,
           'target': {'image', 'label'}}   # the whole labelled target-train pool, on device
+         'image' is the model input: pixels [N, H, W, C], or any pytree of arrays with a
+         leading batch axis (e.g. a dict of token arrays for a text backbone).
 key    : per-step PRNG key (split resampling, head init, target minibatch)
 anchor : the pre-trained backbone params w0 (L2-SP), else None
 
@@ -81,12 +83,21 @@ def backbone_features(ctx: Context, params, state, source_images, target_images,
   batch-norm statistics come from the combined batch and running averages update once.
   """
   parts = [x for x in (source_images, target_images) if x is not None]
-  x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+  x = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
   feats, new_state = ctx.backbone.features(params["backbone"], state, x, train)
-  n_src = 0 if source_images is None else source_images.shape[0]
+  n_src = 0 if source_images is None else batch_size(source_images)
   f_src = feats[:n_src] if source_images is not None else None
   f_tgt = feats[n_src:] if target_images is not None else None
   return f_src, f_tgt, new_state
+
+
+def batch_size(inputs) -> int:
+  return jax.tree.leaves(inputs)[0].shape[0]
+
+
+def take(tree, idx):
+  """Rows `idx` of every array in `tree` (inputs may be pytrees)."""
+  return jax.tree.map(lambda a: a[idx], tree)
 
 
 def sample_target_batch(key, target, size: int):
@@ -96,7 +107,7 @@ def sample_target_batch(key, target, size: int):
   if size > n:
     raise ConfigError("target_batch_size", f"{size} exceeds the {n} target-train examples; lower it")
   idx = jax.random.permutation(key, n)[:size]
-  return jax.tree.map(lambda a: a[idx], target)
+  return take(target, idx)
 
 
 def source_loss(ctx: Context, params, f_src, y_src):

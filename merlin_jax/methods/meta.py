@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from merlin_jax import inner as inner_lib
-from merlin_jax.methods.base import Context, backbone_features, source_loss
+from merlin_jax.methods.base import Context, backbone_features, source_loss, take
 
 
 def merlin_terms(ctx: Context, params, state, batch, key, with_source: bool):
@@ -23,7 +23,7 @@ def merlin_terms(ctx: Context, params, state, batch, key, with_source: bool):
   train_idx, val_idx = inner_lib.resample_target_split(
       k_split, n_target, hp.split_train_size, hp.split_val_size)
   idx = jnp.concatenate([train_idx, val_idx])
-  x_t, y_t = target["image"][idx], target["label"][idx]
+  x_t, y_t = take(target["image"], idx), target["label"][idx]
   source = batch["source"] if with_source else None
   f_src, f_tgt, new_state = backbone_features(
       ctx, params, state, None if source is None else source["image"], x_t, train=True)
