@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source.eval_split = "test"   # source accuracy eval ('' = none)
   c.data.source.augment = "none"      # none | light | inception
   c.data.source.in_memory = True      # small sets: index-level deterministic batching
+  c.data.source.exclude_target = False  # source = source.split minus D_t and target val (same dataset+split)
   c.data.source.signature = ml_collections.ConfigDict()
   c.data.source.signature.enabled = False   # the paper's semi-synthetic source
   c.data.source.signature.strength = 1.0    # mean c/10 * strength for class c
