@@ -397,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal selected
     m = evaluator.target_val(state.params, state.model_state)
     m.update(evaluator.source_sets(state.params, state.model_state))
-    if m["target_val_accuracy"] > float(state.best_val_accuracy):
+    # Compare in float32, the stored precision: an equal accuracy later is not "better".
+    if np.float32(m["target_val_accuracy"]) > np.float32(state.best_val_accuracy):
       # Copies: the train step donates the state's buffers.
       selected = _copy({"params": state.params, "model_state": state.model_state})
       state = state.replace(
