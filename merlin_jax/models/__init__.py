@@ -13,9 +13,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from merlin_jax.errors import ConfigError
-from merlin_jax.models import cnn, resnet
+from merlin_jax.models import bert, cnn, resnet
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
 
 
@@ -37,6 +38,7 @@ _FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
     "small_cnn": _small_cnn,
     "resnet18": _resnet18,
     "resnet50": _resnet50,
+    "bert": bert.make_bert,   # text: inputs are {'input_ids', 'token_type_ids', 'attention_mask'}
 }
 
 
@@ -75,7 +77,15 @@ def make_backbone(model_cfg, example_input_shape, dtype=jnp.float32) -> Backbone
   if name not in _FACTORIES:
     raise ConfigError("model.name", f"unknown backbone {name!r}; choose one of {sorted(_FACTORIES)}")
   module = _FACTORIES[name](model_cfg)
-  shape = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), jnp.zeros(example_input_shape, dtype)))
-  out = jax.eval_shape(lambda v: module.apply(v, jnp.zeros(example_input_shape, dtype)), shape)
+  example = example_input(example_input_shape, dtype)
+  shape = jax.eval_shape(lambda: module.init(jax.random.key(0), example))
+  out = jax.eval_shape(lambda v: module.apply(v, example), shape)
   return Backbone(module=module, feature_dim=int(out.shape[-1]))
+
+
+def example_input(shape_or_example, dtype=jnp.float32):
+  """A shape tuple -> zeros of that shape; a pytree of arrays (e.g. text token ids) as is."""
+  if isinstance(shape_or_example, (tuple, list)) and all(
+      isinstance(d, (int, np.integer)) for d in shape_or_example):
+    return jnp.zeros(tuple(shape_or_example), dtype)
+  return shape_or_example
