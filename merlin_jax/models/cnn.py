@@ -10,6 +10,25 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID), as strided slices and selects.
+
+  Same values and the same gradient, ties included (the first maximum in window order
+  receives it, as XLA's select-and-scatter does), but fast on CPU: the gradient of
+  `reduce_window` max is a select-and-scatter, which XLA:CPU runs as a slow scalar loop
+  (~100 ms per step at the BENCH.md size, more than the convolutions themselves).
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]   # VALID: an odd last row / column is dropped
+  y = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  a, b = y[:, :, 0, :, 0], y[:, :, 0, :, 1]
+  c_, d = y[:, :, 1, :, 0], y[:, :, 1, :, 1]
+  ab = jnp.where(a >= b, a, b)      # on ties keep the earlier element, like select(ge)
+  cd = jnp.where(c_ >= d, c_, d)
+  return jnp.where(ab >= cd, ab, cd)
 
 
 class SmallCNN(nn.Module):
@@ -25,7 +44,7 @@ class SmallCNN(nn.Module):
       if self.use_batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.feature_dim)(x))
     return x  # [N, feature_dim]

@@ -1,0 +1,422 @@
+"""The reference outer step of ../shared/notes/BENCH.md, built from the library, timed.
+
+    python bench/step.py [--quick] [--out results.json] [--runs 1] [--skip-rss]
+
+What it measures, for every configuration (joint; MeRLin n = 5, 50, 200 second order with
+and without remat; first order):
+  * step ms   median wall time of `--steps` (20) jitted outer steps after `--warmup` (3),
+              each step = objective + grad + optax.sgd(0.01) update, state donated,
+              `block_until_ready` on the new state. All configurations are timed
+              round-robin (one step of each in turn) in ONE process so their ratios are
+              comparable; ratio is to joint from the same round-robin.
+  * compile s `jit(...).lower(...).compile()` wall time, in the round-robin process.
+  * XLA mem   `compiled.memory_analysis()`: temp / argument / output bytes of the step
+              alone (no Python/JAX baseline).
+  * peak RSS  `getrusage(RUSAGE_SELF).ru_maxrss` of a fresh subprocess that builds,
+              compiles and runs only that configuration (plus its baseline RSS before
+              compiling, and its own fresh-process compile time).
+
+The work (BENCH.md): SmallCNN conv(32,64) dense 256 via `models.make_backbone`; synthetic
+N(0,1) 28x28x1 images, uniform labels over 10 classes; source batch 128; a fixed 200-image
+target set; MeRLin resamples a 100/100 split per step, zero-initialised head, n GD steps of
+0.1, rho 1.0; joint alpha 0.5 with a learned target head over all 200. float32, default XLA
+CPU threading (the whole machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import optax  # noqa: E402
+
+from merlin_jax.inner import InnerConfig  # noqa: E402
+from merlin_jax.methods import Context, Hyper, get_method  # noqa: E402
+from merlin_jax.models import init_head, make_backbone  # noqa: E402
+
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+SOURCE_BATCH = 128
+NUM_TARGET = 200
+SPLIT = 100
+OUTER_LR = 0.01
+INNER_LR = 0.1
+
+# BENCH.md's PyTorch peer: (median ms, ratio to joint).
+PEER = {
+    "joint": (130, 1.00),
+    "merlin_n5_so": (105, 0.80),
+    "merlin_n50_so": (136, 1.05),
+    "merlin_n200_so": (215, 1.65),
+    "merlin_n50_fo": (161, 1.24),
+    "merlin_n200_fo": (177, 1.36),
+}
+PEER_RSS_MIB = "530-580"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  name: str
+  method: str                 # 'joint' | 'merlin'
+  steps: int = 0              # n (merlin)
+  first_order: bool = False
+  remat: bool = True
+
+  @property
+  def label(self) -> str:
+    if self.method == "joint":
+      return "joint"
+    order = "first order" if self.first_order else "second order"
+    return f"MeRLin n={self.steps} {order}{'' if self.remat else ', no remat'}"
+
+
+def all_configs(sizes=(5, 50, 200)) -> list[BenchConfig]:
+  cfgs = [BenchConfig("joint", "joint")]
+  for n in sizes:
+    cfgs.append(BenchConfig(f"merlin_n{n}_so", "merlin", n, False, True))
+  for n in sizes:
+    cfgs.append(BenchConfig(f"merlin_n{n}_so_noremat", "merlin", n, False, False))
+  for n in sizes:
+    cfgs.append(BenchConfig(f"merlin_n{n}_fo", "merlin", n, True, True))
+  return cfgs
+
+
+# ---------------------------------------------------------------------------------------
+# The step, from the library.
+
+
+def _model_cfg():
+  c = ml_collections.ConfigDict()
+  c.name = "small_cnn"
+  c.conv_widths = (32, 64)
+  c.feature_dim = 256
+  c.batch_norm = False
+  return c
+
+
+def build(cfg: BenchConfig, seed: int = 0):
+  """Returns (jitted step, initial carry, batch). step(carry, batch) -> (carry, loss);
+  carry = (params, opt_state, key) is donated."""
+  backbone = make_backbone(_model_cfg(), (1,) + IMAGE_SHAPE)
+  inner = InnerConfig(kind="gd", steps=cfg.steps, lr=INNER_LR, first_order=cfg.first_order,
+                      remat=cfg.remat, init="zeros")
+  hp = Hyper(num_source_classes=NUM_CLASSES, num_target_classes=NUM_CLASSES, rho=1.0,
+             alpha=0.5, inner=inner, split_train_size=SPLIT, split_val_size=SPLIT,
+             target_batch_size=0)
+  ctx = Context(backbone=backbone, hp=hp)
+  objective = get_method(cfg.method).objective
+
+  k_init, k_src, k_tgt, k_data, k_step = jax.random.split(jax.random.key(seed), 5)
+  ks = jax.random.split(k_data, 4)
+  batch = {
+      "source": {"image": jax.random.normal(ks[0], (SOURCE_BATCH,) + IMAGE_SHAPE, jnp.float32),
+                 "label": jax.random.randint(ks[1], (SOURCE_BATCH,), 0, NUM_CLASSES)},
+      "target": {"image": jax.random.normal(ks[2], (NUM_TARGET,) + IMAGE_SHAPE, jnp.float32),
+                 "label": jax.random.randint(ks[3], (NUM_TARGET,), 0, NUM_CLASSES)},
+  }
+  bb_params, state = backbone.init(k_init, jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32))
+  params = {"backbone": bb_params,
+            "source_head": init_head(k_src, backbone.feature_dim, NUM_CLASSES, "random")}
+  if cfg.method == "joint":   # MeRLin's target head is fitted inside the step, not learned
+    params["target_head"] = init_head(k_tgt, backbone.feature_dim, NUM_CLASSES, "random")
+  tx = optax.sgd(OUTER_LR)
+  opt_state = tx.init(params)
+
+  def step(carry, batch):
+    params, opt_state, key = carry
+    key, k = jax.random.split(key)
+    grads, (_, metrics) = jax.grad(objective, argnums=1, has_aux=True)(
+        ctx, params, state, batch, k, None)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state, key), metrics["loss"]
+
+  jitted = jax.jit(step, donate_argnums=0)
+  carry = (params, opt_state, k_step)
+  return jitted, carry, batch
+
+
+def _block(tree):
+  jax.block_until_ready(tree)
+
+
+def _memory_analysis(compiled):
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return None
+  if m is None:
+    return None
+  out = {}
+  for field in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                "alias_size_in_bytes", "generated_code_size_in_bytes"):
+    v = getattr(m, field, None)
+    if v is not None:
+      out[field.replace("_size_in_bytes", "_bytes")] = int(v)
+  if out:
+    out["total_bytes"] = (out.get("temp_bytes", 0) + out.get("argument_bytes", 0)
+                          + out.get("output_bytes", 0) - out.get("alias_bytes", 0))
+  return out
+
+
+class Runner:
+  """One configuration, compiled and ready: `.step()` runs and times one outer step."""
+
+  def __init__(self, cfg: BenchConfig):
+    self.cfg = cfg
+    jitted, self.carry, self.batch = build(cfg)
+    t0 = time.perf_counter()
+    lowered = jitted.lower(self.carry, self.batch)
+    t1 = time.perf_counter()
+    self.compiled = lowered.compile()
+    t2 = time.perf_counter()
+    self.lower_s, self.compile_s = t1 - t0, t2 - t1
+    self.memory = _memory_analysis(self.compiled)
+    self.times_ms: list[float] = []
+    self.loss = None
+
+  def step(self, record: bool) -> None:
+    t0 = time.perf_counter()
+    self.carry, loss = self.compiled(self.carry, self.batch)
+    _block((self.carry, loss))
+    dt = (time.perf_counter() - t0) * 1e3
+    if record:
+      self.times_ms.append(dt)
+    self.loss = float(loss)
+
+
+def _rss_mib() -> float:
+  """Peak RSS of this process, MiB (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _proc_status_mib(field: str):
+  """VmRSS (current) / VmHWM (peak since start or since the last reset), MiB."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return None
+
+
+def _reset_peak_rss() -> bool:
+  """Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements.
+
+
+def round_robin(cfgs, warmup: int, steps: int, log=print) -> dict:
+  runners = []
+  for cfg in cfgs:
+    r = Runner(cfg)
+    log(f"  compiled {cfg.name:24s} lower {r.lower_s:6.2f}s compile {r.compile_s:6.2f}s")
+    runners.append(r)
+  for _ in range(warmup):
+    for r in runners:
+      r.step(record=False)
+  for _ in range(steps):
+    for r in runners:
+      r.step(record=True)
+  out = {}
+  for r in runners:
+    if not jnp.isfinite(r.loss):
+      raise FloatingPointError(f"{r.cfg.name}: non-finite loss {r.loss}")
+    out[r.cfg.name] = {
+        "label": r.cfg.label,
+        "median_ms": statistics.median(r.times_ms),
+        "min_ms": min(r.times_ms),
+        "max_ms": max(r.times_ms),
+        "times_ms": r.times_ms,
+        "lower_s": r.lower_s,
+        "compile_s": r.compile_s,
+        "xla_memory": r.memory,
+        "final_loss": r.loss,
+    }
+  joint = out.get("joint", {}).get("median_ms")
+  for v in out.values():
+    v["ratio_to_joint"] = v["median_ms"] / joint if joint else None
+  return out
+
+
+def single(name: str, steps: int) -> dict:
+  """Child process: one configuration alone, for its peak RSS.
+
+  peak_rss_mib is ru_maxrss of this fresh process (the whole process: Python, JAX, XLA,
+  the data, the compiled step). step_rss_mib isolates the step: VmHWM after compiling
+  and running it, minus the RSS just before (the peak is reset there via clear_refs).
+  """
+  cfg = {c.name: c for c in all_configs(_sizes_from_name(name))}[name]
+  jnp.zeros(()).block_until_ready()           # backend up before the baseline
+  rss_baseline = _proc_status_mib("VmRSS")
+  reset = _reset_peak_rss()
+  r = Runner(cfg)
+  rss_compiled = _proc_status_mib("VmHWM")
+  for _ in range(steps):
+    r.step(record=True)
+  hwm = _proc_status_mib("VmHWM")
+  return {"name": name, "peak_rss_mib": _rss_mib(), "rss_baseline_mib": rss_baseline,
+          "vmhwm_after_compile_mib": rss_compiled, "vmhwm_mib": hwm,
+          "step_rss_mib": (hwm - rss_baseline) if (reset and hwm and rss_baseline) else None,
+          "compile_s": r.compile_s, "lower_s": r.lower_s,
+          "median_ms": statistics.median(r.times_ms) if r.times_ms else None,
+          "xla_memory": r.memory}
+
+
+def _sizes_from_name(name: str):
+  if name.startswith("merlin_n"):
+    return (int(name[len("merlin_n"):].split("_")[0]),)
+  return ()
+
+
+def rss_subprocesses(cfgs, steps: int, log=print) -> dict:
+  out = {}
+  for cfg in cfgs:
+    cmd = [sys.executable, os.path.abspath(__file__), "--single", cfg.name,
+           "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{cfg.name} subprocess failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    log(f"  rss {cfg.name:24s} peak {res['peak_rss_mib']:7.1f} MiB "
+        f"(baseline {res['rss_baseline_mib']:.1f}, step {res['step_rss_mib']}) "
+        f"compile {res['compile_s']:.2f}s")
+    out[cfg.name] = res
+  return out
+
+
+# ---------------------------------------------------------------------------------------
+# Report.
+
+
+def _mib(b):
+  return "–" if b is None else f"{b / 2**20:.2f}"
+
+
+def tables(timing: dict, rss: dict | None) -> str:
+  lines = []
+  lines.append("| config | median step ms | ratio / joint | peer ms | peer ratio | compile s "
+               "| compile s (own process) | XLA temp MiB | XLA arg+out MiB "
+               "| peak RSS MiB (own process) | step RSS MiB (peak over baseline) |")
+  lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+  for name, t in timing.items():
+    peer = PEER.get(name)
+    mem = t["xla_memory"] or {}
+    arg_out = (mem.get("argument_bytes", 0) + mem.get("output_bytes", 0)) if mem else None
+    r = rss.get(name) if rss else None
+    lines.append(
+        f"| {t['label']} | {t['median_ms']:.1f} | {t['ratio_to_joint']:.2f} | "
+        f"{peer[0] if peer else '–'} | {f'{peer[1]:.2f}' if peer else '–'} | "
+        f"{t['compile_s']:.2f} | {'%.2f' % r['compile_s'] if r else '–'} | "
+        f"{_mib(mem.get('temp_bytes'))} | {_mib(arg_out)} | "
+        f"{'%.0f' % r['peak_rss_mib'] if r else '–'} | "
+        f"{'%.0f' % r['step_rss_mib'] if r and r['step_rss_mib'] is not None else '–'} |")
+  lines.append(f"\nPeer peak RSS: {PEER_RSS_MIB} MiB for every configuration.")
+
+  # The issue's goals.
+  def get(n, suffix="so"):
+    return timing.get(f"merlin_n{n}_{suffix}")
+  goals = []
+  j = timing.get("joint")
+  if j and get(50):
+    goals.append(("MeRLin n=50 / joint step time", get(50)["ratio_to_joint"], 1.10))
+  if j and get(200):
+    goals.append(("MeRLin n=200 / joint step time", get(200)["ratio_to_joint"], 1.65))
+  for suffix, what in (("so", "remat"), ("so_noremat", "no remat")):
+    a, b = get(5, suffix), get(200, suffix)
+    if a and b:
+      if a["xla_memory"] and b["xla_memory"]:
+        goals.append((f"n=200 / n=5 XLA total memory ({what})",
+                      b["xla_memory"]["total_bytes"] / a["xla_memory"]["total_bytes"], 1.10))
+      if rss and a and f"merlin_n5_{suffix}" in rss and f"merlin_n200_{suffix}" in rss:
+        goals.append((f"n=200 / n=5 peak RSS ({what})",
+                      rss[f"merlin_n200_{suffix}"]["peak_rss_mib"]
+                      / rss[f"merlin_n5_{suffix}"]["peak_rss_mib"], 1.10))
+      goals.append((f"n=200 / n=5 compile time ({what})", b["compile_s"] / a["compile_s"], 1.20))
+  if goals:
+    lines.append("\n| goal | ours | limit | met |")
+    lines.append("|---|---|---|---|")
+    for what, ours, limit in goals:
+      lines.append(f"| {what} | {ours:.2f} | ≤ {limit:.2f} | {'yes' if ours <= limit else 'NO'} |")
+  faster = [(n, t["median_ms"], PEER[n][0]) for n, t in timing.items() if n in PEER]
+  if faster:
+    lines.append("\nAbsolute ms vs peer: " + ", ".join(
+        f"{n} {ours:.0f} vs {p}" for n, ours, p in faster))
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed steps")
+  p.add_argument("--out", default="", help="write results JSON here")
+  p.add_argument("--warmup", type=int, default=None)
+  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--sizes", default="5,50,200", help="inner steps n, comma separated")
+  p.add_argument("--configs", default="", help="comma-separated config names (default: all)")
+  p.add_argument("--skip-rss", action="store_true", help="no per-config RSS subprocesses")
+  p.add_argument("--single", default="", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+
+  if args.single:
+    print(json.dumps(single(args.single, args.steps if args.steps is not None else 5)))
+    return 0
+
+  warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+  steps = args.steps if args.steps is not None else (3 if args.quick else 20)
+  sizes = tuple(int(s) for s in args.sizes.split(",") if s)
+  cfgs = all_configs(sizes)
+  if args.configs:
+    wanted = set(args.configs.split(","))
+    cfgs = [c for c in cfgs if c.name in wanted or c.name == "joint"]
+
+  meta = {
+      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+      "jax": jax.__version__, "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+      "machine": platform.platform(), "warmup": warmup, "steps": steps,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  print(f"# bench/step.py  {meta['date_utc']}  jax {meta['jax']} {meta['backend']} "
+        f"{meta['cpu_count']} CPUs  warmup {warmup} steps {steps}", flush=True)
+  log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  # The RSS children first: a child's ru_maxrss starts from the RSS of the process that
+  # spawned it (the kernel carries the pre-exec high-water mark over), so spawn them
+  # while this process is still small (JAX imported, nothing compiled).
+  rss = None if args.skip_rss else rss_subprocesses(cfgs, 1 if args.quick else 5, log)
+  timing = round_robin(cfgs, warmup, steps, log)
+  print(tables(timing, rss))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"meta": meta, "timing": timing, "rss": rss, "peer": PEER}, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
