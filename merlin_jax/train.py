@@ -143,9 +143,12 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
   return optax.chain(*chain)
 
 
-def init_params(ctx: Context, key, image_shape):
+def init_params(ctx: Context, key, image_shape, example_input=None):
+  """example_input: a one-row model input (text: token arrays); else float32 zeros."""
   k_bb, k_src, k_tgt = jax.random.split(key, 3)
-  backbone, model_state = ctx.backbone.init(k_bb, jnp.zeros((1, *image_shape), jnp.float32))
+  if example_input is None:
+    example_input = jnp.zeros((1, *image_shape), jnp.float32)
+  backbone, model_state = ctx.backbone.init(k_bb, example_input)
   d = ctx.backbone.feature_dim
   params = {"backbone": backbone,
             "source_head": init_head(k_src, d, ctx.hp.num_source_classes, "random"),
@@ -244,10 +247,11 @@ class Evaluator:
   def _array_batches(self, arrays):
     n = arrays["label"].shape[0]
     for start in range(0, n, self.batch_size):
-      img = arrays["image"][start:start + self.batch_size]
       lab = arrays["label"][start:start + self.batch_size]
       pad = self.batch_size - lab.shape[0]
-      yield {"image": np.pad(img, [(0, pad)] + [(0, 0)] * (img.ndim - 1)),
+      pad_rows = lambda a: np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+      yield {"image": jax.tree.map(lambda a: pad_rows(a[start:start + self.batch_size]),
+                                   arrays["image"]),   # pixels, or a pytree (text tokens)
              "label": np.pad(lab, (0, pad)),
              "mask": np.pad(np.ones(lab.shape[0], np.float32), (0, pad))}
 
@@ -283,7 +287,11 @@ def pretrained_backbone(config, workdir: str, params_template, state_template):
   """Returns (backbone params, model_state) from config.pretrained.path, or from a
   `pretrain` run of config.pretrained.steps steps in WORKDIR/pretrain (resumable too)."""
   if config.pretrained.path:
-    path = checkpointing.resolve_pretrained(config.pretrained.path)
+    path = config.pretrained.path
+    if config.model.name == "bert":  # the 'all-MiniLM-L6-v2' alias -> the pip package's dir
+      from merlin_jax.models import weights
+      path = weights.resolve_pretrained_path(path)
+    path = checkpointing.resolve_pretrained(path)
   else:
     pre_cfg = copy.deepcopy(config)
     with pre_cfg.unlocked():
@@ -296,6 +304,9 @@ def pretrained_backbone(config, workdir: str, params_template, state_template):
     train_and_evaluate(pre_cfg, pre_dir)
     path = os.path.join(pre_dir, checkpointing.EXPORT)
   flat = checkpointing.load_safetensors(path)
+  if config.model.name == "bert":  # a Hugging Face BERT dir/file is the pre-trained weights
+    from merlin_jax.models import weights
+    flat = weights.as_export_layout(flat)
   backbone = checkpointing.fill_from_flat(params_template["backbone"], flat, "params/backbone", path)
   model_state = (checkpointing.fill_from_flat(state_template, flat, "model_state", path)
                  if state_template else {})
@@ -359,11 +370,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       process_index=jax.process_index(), process_count=jax.process_count())
   check_data_fits(config, method, data)
   hp = make_hyper(config, data)
-  backbone = make_backbone(config.model, (1, *data.image_shape))
+  example_input = getattr(data, "example_input", None)   # text data: one row of tokens
+  backbone = make_backbone(config.model, (1, *data.image_shape) if example_input is None
+                           else example_input)
   ctx = Context(backbone=backbone, hp=hp)
 
   root_key = jax.random.key(config.seed)
-  params, model_state = init_params(ctx, jax.random.fold_in(root_key, 1), data.image_shape)
+  params, model_state = init_params(ctx, jax.random.fold_in(root_key, 1), data.image_shape,
+                                    example_input)
   anchor = None
   if method.needs_pretrained:
     params["backbone"], model_state = pretrained_backbone(config, workdir, params, model_state)

@@ -518,6 +518,10 @@ def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
   data_cfg.source.exclude_target, the source (the same dataset and split as the target
   pool) leaves out the examples chosen for D_t and target_val.
   """
+  if data_cfg.get("kind", "image") == "text":   # sentence(-pair) targets: data/text.py
+    from merlin_jax.data import text
+    return text.load_text_transfer_data(data_cfg, seed, need_source=need_source,
+                                        process_index=process_index, process_count=process_count)
   cfg = data_cfg
   _validate(cfg, process_index, process_count)
   size, channels, data_dir = cfg.image_size, cfg.channels, cfg.data_dir

@@ -11,6 +11,7 @@ from merlin_jax.data.builders import idx_local
 from merlin_jax.data.builders import printed_digits
 from merlin_jax.data.builders import sklearn_digits
 from merlin_jax.data.builders import usps
+from merlin_jax.data.builders import wordnet_wic
 
 # Builders whose source files come with pip packages the project already depends on:
 # the pipeline may build them on first use.
@@ -24,4 +25,5 @@ MANUAL = {
     "mnist_local": idx_local,
     "usps": usps,
     "caltech256": caltech256,
+    "wordnet_wic": wordnet_wic,   # text; the text pipeline builds it from /usr/share/wordnet on use
 }
