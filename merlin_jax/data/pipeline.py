@@ -247,7 +247,8 @@ def load_arrays(builder, name: str, data_dir: str, split: str, image_fn: Callabl
     keep = np.zeros([total], bool)
     keep[indices] = True
     keep = tf.constant(keep)
-    ds = ds.take(total).enumerate().filter(lambda i, ex: tf.gather(keep, i))
+    keep_fn = lambda i, ex: tf.logical_and(i < total, tf.gather(keep, tf.minimum(i, total - 1)))
+    ds = ds.enumerate().filter(keep_fn)
     ds = ds.map(lambda i, ex: ex)
   ds = ds.map(lambda ex: (image_fn(image_feature.decode_example(ex["image"])),
                           tf.cast(ex["label"], tf.int32)),

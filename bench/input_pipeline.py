@@ -1,0 +1,147 @@
+"""Input-pipeline throughput vs. what the train step consumes.
+
+  python bench/input_pipeline.py [--steps=200] [--data_dir=/tmp/tfds] [--skip_step]
+
+Measures source examples/s of
+  1. the digits default (printed_digits, in memory, augment none and light),
+  2. a streaming tf.data pipeline over real TFRecords (printed_digits, in_memory=False),
+  3. the ImageNet-style streaming pipeline (224x224x3, inception crop) under
+     tfds.testing.mock_data (random JPEG-free images of random sizes: decode+crop cost only),
+and the examples/s the jitted MeRLin step consumes on the digits default
+(jax.jit(jax.value_and_grad(objective)) with config/digits.py's model and inner loop), then
+prints the ratio. Goal: pipeline >= 5x consumption. Builds printed_digits into --data_dir on
+first use (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _rate(it, steps, batch_size, warmup=5):
+  for _ in range(warmup):
+    next(it)
+  t = time.perf_counter()
+  for _ in range(steps):
+    b = next(it)
+  np.asarray(b["image"]).sum()
+  return steps * batch_size / (time.perf_counter() - t)
+
+
+def digits_config(data_dir):
+  from merlin_jax.config_base import base_config
+  c = base_config()
+  c.data.data_dir = data_dir
+  return c
+
+
+def bench_in_memory(data_dir, steps, bs, augment):
+  from merlin_jax import data
+  c = digits_config(data_dir).data
+  c.source.augment = augment
+  d = data.load_transfer_data(c, 0)
+  return _rate(d.source.batches(0, bs), steps, bs)
+
+
+def bench_streaming_digits(data_dir, steps, bs):
+  from merlin_jax import data
+  c = digits_config(data_dir).data
+  c.source.in_memory = False
+  c.source.augment = "light"
+  c.source.eval_split = ""
+  d = data.load_transfer_data(c, 0)
+  return _rate(d.source.batches(0, bs), steps, bs)
+
+
+def bench_streaming_mock_imagenet(steps, bs):
+  import tensorflow_datasets as tfds
+  from merlin_jax import data
+  c = digits_config("").data
+  c.image_size, c.channels = 224, 3
+  c.source.name, c.source.in_memory, c.source.augment = "imagenet2012", False, "inception"
+  c.source.eval_split = ""
+  c.target.name, c.target.num_train, c.target.num_val = "imagenet2012", 20, 10
+  c.num_source_classes = c.num_target_classes = 1000
+  c.shuffle_buffer = 256
+  with tfds.testing.mock_data(num_examples=512):
+    d = data.load_transfer_data(c, 0)
+    return _rate(d.source.batches(0, bs), steps, bs, warmup=2)
+
+
+def bench_step(data_dir, steps, bs):
+  """Examples/s of jit(value_and_grad(merlin objective)) on the digits default."""
+  import importlib.util
+  import jax
+  from merlin_jax import data, train
+  from merlin_jax.methods import get_method
+  from merlin_jax.methods.base import Context
+  from merlin_jax.models import make_backbone
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("digits", os.path.join(root, "configs", "digits.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.data_dir = data_dir
+  d = data.load_transfer_data(config.data, 0)
+  hp = train.make_hyper(config, d)
+  ctx = Context(backbone=make_backbone(config.model, (1, *d.image_shape)), hp=hp)
+  params, state = train.init_params(ctx, jax.random.key(0), d.image_shape)
+  method = get_method("merlin")
+
+  @jax.jit
+  def step(params, source, target, key):
+    batch = {"source": source, "target": target}
+    (loss, _), grads = jax.value_and_grad(method.objective, argnums=1, has_aux=True)(
+        ctx, params, state, batch, key, None)
+    return loss, grads
+
+  target = jax.device_put(d.target_train)
+  it = d.source.batches(0, bs)
+  batches = [jax.device_put(next(it)) for _ in range(4)]
+  jax.block_until_ready(step(params, batches[0], target, jax.random.key(0)))
+  t = time.perf_counter()
+  for i in range(steps):
+    out = step(params, batches[i % 4], target, jax.random.key(i))
+  jax.block_until_ready(out)
+  return steps * bs / (time.perf_counter() - t)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--steps", type=int, default=200)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--data_dir", default="/tmp/merlin_tfds")
+  p.add_argument("--skip_step", action="store_true")
+  args = p.parse_args()
+  from merlin_jax.data import pipeline
+  pipeline.get_builder("printed_digits", args.data_dir)   # build on first use
+  pipeline.get_builder("sklearn_digits", args.data_dir)
+  bs, steps = args.batch_size, args.steps
+  rows = [
+      ("digits in-memory, augment=none", bench_in_memory(args.data_dir, steps, bs, "none")),
+      ("digits in-memory, augment=light", bench_in_memory(args.data_dir, steps, bs, "light")),
+      ("digits streaming tf.data, light", bench_streaming_digits(args.data_dir, steps, bs)),
+      ("mock imagenet2012 224px streaming, inception",
+       bench_streaming_mock_imagenet(max(steps // 10, 5), 64)),
+  ]
+  if not args.skip_step:
+    rows.append(("CONSUMPTION: jit merlin step (digits.py)",
+                 bench_step(args.data_dir, max(steps // 10, 10), bs)))
+  print(f"\n{'pipeline':48s} {'examples/s':>12s}")
+  for name, rate in rows:
+    print(f"{name:48s} {rate:12,.0f}")
+  if not args.skip_step:
+    step_rate = rows[-1][1]
+    print(f"\nin-memory (light) / step consumption: {rows[1][1] / step_rate:,.1f}x "
+          f"(goal >= 5x)")
+
+
+if __name__ == "__main__":
+  main()
