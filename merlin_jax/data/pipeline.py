@@ -101,7 +101,14 @@ def get_builder(name: str, data_dir: str = ""):
     if not builder.is_prepared():
       logging.info("Building %s in %s (first use; nothing is downloaded).", name,
                    builder.data_dir)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except Exception:  # pylint: disable=broad-except
+      # Several processes building into one shared data dir: TFDS writes to a temporary
+      # folder and renames it, so the loser of the race finds the dataset prepared.
+      builder = tfds.builder(name, data_dir=data_dir or None)
+      if not builder.is_prepared():
+        raise
   return builder
 
 
