@@ -15,7 +15,7 @@ from merlin_jax.config_base import base_config
 def get_config(arg: str | None = None):
   c = base_config()
   c.method = "merlin"
-  c.total_steps = 1000
+  c.total_steps = 600
   c.data.source.name = "printed_digits"
   c.data.target.name = "sklearn_digits"
   c.data.target.num_train = 200     # ours: 20 labels per class
@@ -23,9 +23,10 @@ def get_config(arg: str | None = None):
   c.split.train_size = 100          # ours
   c.split.val_size = 100            # ours
   c.inner.steps = 20                # ours
-  c.inner.lr = 0.1                  # ours
+  c.inner.step_size = "normalized"  # ours: eta / L_hat; the paper's fixed eta=0.1 diverged here
+  c.inner.lr = 1.0                  # ours: relative to 1 / L_hat (stable below 2)
   c.rho = 1.0                       # ours
-  c.eval.every = 200
+  c.eval.every = 100
   if arg == "local":                # tiny smoke run
     c.total_steps = 20
     c.eval.every = 10

@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner.kind = "gd"          # gd | ridge
   c.inner.steps = 20           # n
   c.inner.lr = 0.1             # eta
+  c.inner.step_size = "fixed"  # fixed: plain eta (paper) | normalized: eta / L_hat (ours; stable at any feature scale)
   c.inner.first_order = False
   c.inner.remat = True         # jax.checkpoint on the scan body
   c.inner.init = "zeros"       # zeros | random
@@ -101,5 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.log_every = 50
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1             # devices on the 'data' axis (-1 = all)
+  c.mesh.data = -1             # devices on the 'data' axis (-1 = all not on 'model')
+  c.mesh.model = 1             # devices on the 'model' axis (>1: large leaves also split on it)
+  c.mesh.param_sharding = "replicated"   # replicated | fsdp (params + optimizer state split on 'data')
+  c.mesh.fsdp_min_size = 2**14 # leaves with fewer elements stay replicated (not worth a gather)
   return c

@@ -27,6 +27,7 @@ from merlin_jax.errors import ConfigError
 from merlin_jax.models.heads import apply_head, init_head
 
 SOLVERS = ("gd", "ridge")
+STEP_SIZES = ("fixed", "normalized")
 HEAD_INITS = ("zeros", "random")
 
 
@@ -35,6 +36,7 @@ class InnerConfig:
   kind: str = "gd"
   steps: int = 20            # n (gd)
   lr: float = 0.1            # eta (gd)
+  step_size: str = "fixed"   # gd: 'fixed' (the paper's plain eta) | 'normalized' (eta / L_hat)
   first_order: bool = False
   remat: bool = True
   init: str = "zeros"        # head init for gd: 'zeros' | 'random'
@@ -60,6 +62,8 @@ class InnerConfig:
       raise ConfigError("inner.steps", f"must be an integer >= 0, got {self.steps!r}")
     if not self.lr > 0:
       raise ConfigError("inner.lr", f"must be > 0, got {self.lr!r}")
+    if self.step_size not in STEP_SIZES:
+      raise ConfigError("inner.step_size", f"unknown step size rule {self.step_size!r}; choose one of {list(STEP_SIZES)}")
     if self.init not in HEAD_INITS:
       raise ConfigError("inner.init", f"unknown head init {self.init!r}; choose one of {list(HEAD_INITS)}")
     if not self.ridge_lambda > 0:
@@ -76,14 +80,33 @@ def head_train_loss(head, features, labels, weight_decay: float = 0.0):
   return loss
 
 
+def curvature_bound(features: jax.Array, weight_decay: float = 0.0) -> jax.Array:
+  """L_hat >= the largest Hessian eigenvalue of the head's train loss.
+
+  The softmax cross-entropy Hessian in the logits is <= 1/2 I, so in (W, b) it is
+  <= 1/2 (lambda_max(F^T F / N) + 1) <= 1/2 (mean ||f||^2 + 1), plus the L2 term.
+  """
+  mean_sq_norm = jnp.mean(jnp.sum(jnp.square(features), axis=-1))
+  return 0.5 * (mean_sq_norm + 1.0) + weight_decay
+
+
 def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: float,
-                weight_decay: float = 0.0, remat: bool = True, return_trajectory: bool = False):
+                weight_decay: float = 0.0, remat: bool = True, return_trajectory: bool = False,
+                step_size: str = "fixed"):
   """theta^[k+1] = theta^[k] - eta * grad L_tr(theta^[k])  for k < n   (Algorithm 1, l. 6-8).
 
   features: [N_tr, D]; labels: [N_tr] int. Returns theta^[n] (and, if asked, the train
   loss before each step, [n]).
+
+  step_size='fixed' is the paper's plain step eta. Plain GD diverges once eta exceeds
+  2 / L, and L grows with the feature norm, which the outer loop changes freely: then
+  the inner loop, and the meta-gradient through it, blow up. 'normalized' uses
+  eta / L_hat (`curvature_bound`), so eta < 2 is stable at any feature scale; the
+  meta-gradient also flows through L_hat (it is part of the computed solve).
   """
   grad_fn = jax.value_and_grad(head_train_loss)
+  if step_size == "normalized":
+    lr = lr / curvature_bound(features, weight_decay)
 
   def step(head, _):
     loss, g = grad_fn(head, features, labels, weight_decay)
@@ -121,7 +144,7 @@ def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_cla
   if inner.kind == "gd":
     head0 = init_head(key, features.shape[-1], num_classes, inner.init, features.dtype)
     head = fit_head_gd(features, labels, head0, inner.steps, inner.lr, inner.weight_decay,
-                       inner.remat)
+                       inner.remat, step_size=inner.step_size)
   elif inner.kind == "ridge":
     head = fit_head_ridge(features, labels, num_classes, inner.ridge_lambda, inner.ridge_scale)
   else:  # validated earlier; kept for direct callers

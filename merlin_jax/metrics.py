@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 from typing import Any, Mapping
 
@@ -74,3 +75,18 @@ def truncate_jsonl(path: str, keep_upto_step: int) -> None:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Hide the INFO chatter of orbax/TFDS; their warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+
+
+def quiet_library_logs() -> None:
+  from absl import logging
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
