@@ -332,6 +332,13 @@ def test_in_memory_source_deterministic_resumable_sharded(digits_dir, augment):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
   assert not np.array_equal(first[0]["label"], first[1]["label"])
+  # Stored as uint8 (right size already), served as float32 in [0, 1].
+  assert d.source.images.dtype == np.uint8 and first[0]["image"].dtype == np.float32
+  if augment == "none":
+    pool, pool_labels = read_split("printed_digits/tiny", digits_dir, "train")
+    idx = d.source.global_indices(0, bs)
+    np.testing.assert_allclose(first[0]["image"], pool[idx] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(first[0]["label"], pool_labels[idx])
   # Every example once per epoch.
   idx = np.concatenate([d.source.global_indices(s, 120) for s in range(5)])
   assert sorted(idx.tolist()) == list(range(600))

@@ -37,6 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from merlin_jax.data import synthetic
 from merlin_jax.data.signature import add_signature
 from merlin_jax.data.splits import class_balanced_split
 from merlin_jax.errors import ConfigError, DataError
@@ -297,7 +298,8 @@ class InMemorySource(SourceStream):
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, augment: str = "none",
                process_index: int = 0, process_count: int = 1):
-    self.images = images                      # float32 [N, H, W, C]
+    # float32 [N, H, W, C] in [0, 1], or uint8 (4x less memory; scaled per batch).
+    self.images = images
     self.labels = labels.astype(np.int32)     # [N]
     self.seed = seed
     self.augment = augment
@@ -330,6 +332,8 @@ class InMemorySource(SourceStream):
     rows = slice(self.process_index * local, (self.process_index + 1) * local)
     idx = self.global_indices(step, global_batch_size)[rows]
     images = self.images[idx]                                          # [b, H, W, C]
+    if images.dtype == np.uint8:   # same values as tf.image.convert_image_dtype
+      images = images.astype(np.float32) * np.float32(1.0 / 255.0)
     if self.augment == "light":
       # Shifts drawn for the whole global batch, then sliced: the process shares
       # concatenate to the 1-process batch.
@@ -526,6 +530,9 @@ def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
   data_cfg.source.exclude_target, the source (the same dataset and split as the target
   pool) leaves out the examples chosen for D_t and target_val.
   """
+  if synthetic.is_synthetic(data_cfg):   # the tiny test pair: data/synthetic.py
+    return synthetic.load_synthetic(data_cfg, seed, need_source=need_source,
+                                    process_index=process_index, process_count=process_count)
   if data_cfg.get("kind", "image") == "text":   # sentence(-pair) targets: data/text.py
     from merlin_jax.data import text
     return text.load_text_transfer_data(data_cfg, seed, need_source=need_source,
@@ -567,7 +574,13 @@ def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
                         "needs data.source.name == data.target.name and data.source.split "
                         "== data.target.train_split")
     if src.in_memory:
-      images, labels = load_arrays(sb, src.name, data_dir, src.split, image_fn)
+      stored = tuple(sb.info.features["image"].shape)
+      if (stored == image_shape and not src.signature.enabled
+          and sb.info.features["image"].np_dtype == np.uint8):
+        # Already the right size and channels: keep uint8 (a quarter of the memory).
+        images, labels = load_arrays(sb, src.name, data_dir, src.split, lambda x: x)
+      else:
+        images, labels = load_arrays(sb, src.name, data_dir, src.split, image_fn)
       if exclude_target:
         keep = np.ones(len(labels), bool)
         keep[chosen[chosen < len(labels)]] = False
