@@ -1,0 +1,398 @@
+"""The inner solver (merlin_jax/inner.py): meta-gradients, solutions, splits, config checks.
+
+Gradient checks run in float64 on a tiny problem: phi is a [d_in, d] matrix and the
+features are tanh(x @ phi), so L_meta,t(phi) is a smooth function of 12-20 numbers that
+an explicit Python loop and central finite differences can both evaluate.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import scipy.optimize
+
+from merlin_jax import inner
+from merlin_jax.config_base import base_config
+from merlin_jax.errors import ConfigError
+from merlin_jax.models.heads import apply_head, init_head
+
+D_IN, D, K = 3, 4, 3
+N_TR, N_VAL = 9, 7
+
+
+def _data(seed=0, n_tr=N_TR, n_val=N_VAL, d_in=D_IN, d=D, k=K):
+  rng = np.random.default_rng(seed)
+  return dict(
+      phi=rng.normal(size=(d_in, d)),
+      x_tr=rng.normal(size=(n_tr, d_in)),
+      y_tr=np.arange(n_tr) % k,          # every class present
+      x_val=rng.normal(size=(n_val, d_in)),
+      y_val=rng.integers(0, k, size=n_val),
+  )
+
+
+def _np_softmax(z):
+  z = z - z.max(axis=-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def _np_ce(logits, y):
+  z = logits - logits.max(axis=-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+  return -np.mean(logp[np.arange(len(y)), y])
+
+
+# ---------------------------------------------------------------------------------------
+# gd: the meta-gradient through n inner steps.
+
+
+def _meta_loss_library(cfg, phi, d, key):
+  f_tr, f_val = jnp.tanh(d["x_tr"] @ phi), jnp.tanh(d["x_val"] @ phi)
+  loss, _ = inner.meta_target_loss(cfg, f_tr, d["y_tr"], f_val, d["y_val"], K, key)
+  return loss
+
+
+def _meta_loss_python_loop(cfg, phi, d, key):
+  """Algorithm 1, l. 4-9 written out: an unrolled Python loop with the cross-entropy
+  gradient in closed form, (softmax - onehot) / N, no library code but the head init."""
+  f_tr, f_val = jnp.tanh(d["x_tr"] @ phi), jnp.tanh(d["x_val"] @ phi)
+  onehot = jax.nn.one_hot(d["y_tr"], K, dtype=f_tr.dtype)
+  head = init_head(key, D, K, cfg.init, f_tr.dtype)
+  w, b = head["w"], head["b"]
+  lr = cfg.lr
+  if cfg.step_size == "normalized":   # eta / L_hat, L_hat = (mean ||f||^2 + 1) / 2 + wd
+    lr = lr / (0.5 * (jnp.mean(jnp.sum(f_tr ** 2, axis=1)) + 1.0) + cfg.weight_decay)
+  for _ in range(cfg.steps):
+    dlogits = (jax.nn.softmax(f_tr @ w + b) - onehot) / f_tr.shape[0]
+    gw = f_tr.T @ dlogits + cfg.weight_decay * w
+    gb = jnp.sum(dlogits, axis=0)
+    w, b = w - lr * gw, b - lr * gb
+  logits = f_val @ w + b
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.mean(logp[jnp.arange(f_val.shape[0]), d["y_val"]])
+
+
+@pytest.mark.parametrize("init,weight_decay,remat,steps,step_size", [
+    ("zeros", 0.0, True, 7, "fixed"),
+    ("random", 0.05, False, 6, "normalized"),
+])
+def test_gd_meta_gradient_matches_unrolled_loop_and_finite_differences(
+    float64, init, weight_decay, remat, steps, step_size):
+  d = _data()
+  cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.7, init=init,
+                          weight_decay=weight_decay, remat=remat, step_size=step_size)
+  key = jax.random.key(3)
+  phi = jnp.asarray(d["phi"])
+  assert phi.dtype == jnp.float64
+
+  lib = jax.jit(jax.value_and_grad(lambda p: _meta_loss_library(cfg, p, d, key)))
+  ref = jax.jit(jax.value_and_grad(lambda p: _meta_loss_python_loop(cfg, p, d, key)))
+  (v_lib, g_lib), (v_ref, g_ref) = lib(phi), ref(phi)
+  np.testing.assert_allclose(v_lib, v_ref, rtol=1e-12)
+  g_lib, g_ref = np.asarray(g_lib), np.asarray(g_ref)
+  assert g_lib.dtype == np.float64
+  assert np.abs(g_lib).max() > 1e-3          # a real signal, not a vanishing gradient
+  np.testing.assert_allclose(g_lib, g_ref, rtol=1e-10, atol=1e-13)
+
+  eps = 1e-6
+  g_fd = np.zeros_like(g_lib)
+  for idx in itertools.product(*map(range, phi.shape)):
+    e = np.zeros(phi.shape)
+    e[idx] = eps
+    g_fd[idx] = (float(lib(phi + e)[0]) - float(lib(phi - e)[0])) / (2 * eps)
+  np.testing.assert_allclose(g_lib, g_fd, rtol=1e-6, atol=1e-9)
+
+
+def test_gd_zero_steps_returns_initial_head(float64):
+  d = _data()
+  f_tr, f_val = np.tanh(d["x_tr"] @ d["phi"]), np.tanh(d["x_val"] @ d["phi"])
+  cfg = inner.InnerConfig(kind="gd", steps=0)
+  loss, metrics = inner.meta_target_loss(cfg, f_tr, d["y_tr"], f_val, d["y_val"], K, None)
+  np.testing.assert_allclose(loss, np.log(K), rtol=1e-12)       # zero head: uniform
+  np.testing.assert_allclose(metrics["meta_train_loss"], np.log(K), rtol=1e-12)
+
+
+def _np_head_objective(theta, f, y, wd, k):
+  """Inner objective and gradient in numpy (for scipy's L-BFGS)."""
+  dim = f.shape[1]
+  w, b = theta[:dim * k].reshape(dim, k), theta[dim * k:]
+  logits = f @ w + b
+  p = _np_softmax(logits)
+  onehot = np.eye(k)[y]
+  loss = _np_ce(logits, y) + 0.5 * wd * np.sum(w * w)
+  dlogits = (p - onehot) / len(y)
+  gw = f.T @ dlogits + wd * w
+  gb = dlogits.sum(axis=0)
+  return loss, np.concatenate([gw.ravel(), gb])
+
+
+def test_gd_many_steps_approaches_the_regularised_argmin(float64):
+  d = _data(seed=1, n_tr=12)
+  f = np.tanh(d["x_tr"] @ d["phi"])
+  y = d["y_tr"]
+  wd = 0.1
+  head, traj = inner.fit_head_gd(jnp.asarray(f), jnp.asarray(y),
+                                 init_head(None, D, K, "zeros", jnp.float64),
+                                 steps=3000, lr=0.5, weight_decay=wd, remat=False,
+                                 return_trajectory=True)
+  traj = np.asarray(traj)
+  assert traj.shape == (3000,)
+  assert np.all(np.diff(traj) <= 1e-12)       # lr < 2/L: monotone descent
+  assert traj[-1] < traj[0] - 0.01
+
+  res = scipy.optimize.minimize(_np_head_objective, np.zeros(D * K + K), args=(f, y, wd, K),
+                                jac=True, method="L-BFGS-B",
+                                options=dict(gtol=1e-13, ftol=1e-15, maxiter=10_000))
+  w_star, b_star = res.x[:D * K].reshape(D, K), res.x[D * K:]
+  # The bias is unpenalised and the softmax ignores a common shift of it: compare the
+  # weights and the centred bias (gd from zeros keeps sum(b) = 0).
+  np.testing.assert_allclose(np.asarray(head["w"]), w_star, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(head["b"]), b_star - b_star.mean(), atol=1e-6)
+  np.testing.assert_allclose(traj[-1], res.fun, atol=1e-10)
+  # Few steps are measurably away from it: the comparison above has teeth.
+  head_few = inner.fit_head_gd(jnp.asarray(f), jnp.asarray(y),
+                               init_head(None, D, K, "zeros", jnp.float64),
+                               steps=10, lr=0.5, weight_decay=wd)
+  assert np.abs(np.asarray(head_few["w"]) - w_star).max() > 1e-2
+
+
+def test_curvature_bound_bounds_the_head_loss_hessian(float64):
+  rng = np.random.default_rng(5)
+  f = jnp.asarray(3.0 * rng.normal(size=(10, D)))
+  y = jnp.asarray(np.arange(10) % K)
+  wd = 0.2
+  bound = float(inner.curvature_bound(f, wd))
+
+  def loss_flat(theta):
+    return inner.head_train_loss({"w": theta[:D * K].reshape(D, K), "b": theta[D * K:]}, f, y,
+                                 wd)
+
+  hessian = jax.jit(jax.hessian(loss_flat))
+  top = []
+  for scale in (0.0, 0.3, 3.0):                 # near-uniform to confident predictions
+    theta = jnp.asarray(scale * rng.normal(size=D * K + K))
+    top.append(np.linalg.eigvalsh(np.asarray(hessian(theta))).max())
+  assert max(top) <= bound * (1 + 1e-12)
+  assert max(top) > 0.1 * bound                  # and not a uselessly loose bound
+
+
+def test_normalized_step_is_stable_where_the_fixed_step_diverges(float64):
+  rng = np.random.default_rng(6)
+  f = jnp.asarray(20.0 * rng.normal(size=(12, D)))   # large features: L ~ 200 * D
+  y = jnp.asarray(np.arange(12) % K)
+  head0 = init_head(None, D, K, "zeros", jnp.float64)
+  _, traj_norm = inner.fit_head_gd(f, y, head0, 30, 1.0, remat=False, return_trajectory=True,
+                                   step_size="normalized")
+  _, traj_fixed = inner.fit_head_gd(f, y, head0, 30, 1.0, remat=False, return_trajectory=True,
+                                    step_size="fixed")
+  assert np.all(np.diff(np.asarray(traj_norm)) <= 1e-12)
+  assert np.asarray(traj_fixed).max() > 10 * np.log(K)   # plain eta = 1 overshoots
+
+
+# ---------------------------------------------------------------------------------------
+# ridge: closed form, both branches, gradient.
+
+
+def _np_ridge(x, labels, k, lam, scale):
+  """Normal equations of ||[X 1][W; b] - Y||^2 + lam ||W||^2 (bias unpenalised)."""
+  n, dim = x.shape
+  a = np.concatenate([x, np.ones((n, 1))], axis=1)
+  reg = lam * np.eye(dim + 1)
+  reg[dim, dim] = 0.0
+  sol = np.linalg.solve(a.T @ a + reg, a.T @ np.eye(k)[labels])
+  return scale * sol[:dim], scale * sol[dim]
+
+
+@pytest.mark.parametrize("n,dim", [(12, 5), (6, 10)], ids=["primal", "dual"])
+def test_ridge_matches_numpy_normal_equations(float64, n, dim):
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=(n, dim))
+  labels = np.arange(n) % K
+  head = inner.fit_head_ridge(jnp.asarray(x), jnp.asarray(labels), K, lam=0.3, scale=2.5)
+  w, b = _np_ridge(x, labels, K, 0.3, 2.5)
+  assert head["w"].shape == (dim, K) and head["b"].shape == (K,)
+  np.testing.assert_allclose(head["w"], w, rtol=1e-9, atol=1e-11)
+  np.testing.assert_allclose(head["b"], b, rtol=1e-9, atol=1e-11)
+
+
+def test_ridge_primal_and_dual_branches_agree(float64):
+  # Zero feature columns get zero weight and change nothing else, so padding X from
+  # D = N (primal branch) to D > N (dual branch) must leave the solution unchanged.
+  rng = np.random.default_rng(7)
+  n = 6
+  x = rng.normal(size=(n, n))
+  labels = np.arange(n) % K
+  primal = inner.fit_head_ridge(jnp.asarray(x), jnp.asarray(labels), K, lam=0.5)
+  x_pad = np.concatenate([x, np.zeros((n, 3))], axis=1)
+  dual = inner.fit_head_ridge(jnp.asarray(x_pad), jnp.asarray(labels), K, lam=0.5)
+  np.testing.assert_allclose(dual["w"][:n], primal["w"], rtol=1e-9, atol=1e-11)
+  np.testing.assert_allclose(dual["w"][n:], 0.0, atol=1e-12)
+  np.testing.assert_allclose(dual["b"], primal["b"], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("n_tr,dim", [(8, 3), (4, 6)], ids=["primal", "dual"])
+def test_ridge_meta_gradient_matches_finite_differences(float64, n_tr, dim):
+  rng = np.random.default_rng(dim)
+  f_tr = rng.normal(size=(n_tr, dim))
+  y_tr = np.arange(n_tr) % K
+  f_val = rng.normal(size=(5, dim))
+  y_val = rng.integers(0, K, size=5)
+  cfg = inner.InnerConfig(kind="ridge", ridge_lambda=0.4, ridge_scale=3.0)
+
+  @jax.jit
+  def meta(ft, fv):
+    return inner.meta_target_loss(cfg, ft, y_tr, fv, y_val, K, None)[0]
+
+  g_tr, g_val = jax.jit(jax.grad(meta, argnums=(0, 1)))(f_tr, f_val)
+  assert np.abs(g_tr).max() > 1e-3
+  eps = 1e-6
+  for g, which in ((g_tr, 0), (g_val, 1)):
+    base = [f_tr, f_val]
+    g_fd = np.zeros(base[which].shape)
+    for idx in itertools.product(*map(range, base[which].shape)):
+      e = np.zeros(base[which].shape)
+      e[idx] = eps
+      plus, minus = list(base), list(base)
+      plus[which] = base[which] + e
+      minus[which] = base[which] - e
+      g_fd[idx] = (float(meta(*plus)) - float(meta(*minus))) / (2 * eps)
+    np.testing.assert_allclose(g, g_fd, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# remat and first_order.
+
+
+def test_remat_does_not_change_the_gradient(float64):
+  d = _data(seed=2)
+  key = jax.random.key(0)
+  grads = []
+  for remat in (True, False):
+    cfg = inner.InnerConfig(kind="gd", steps=6, lr=0.5, init="random", remat=remat)
+    grads.append(jax.jit(jax.grad(lambda p: _meta_loss_library(cfg, p, d, key)))(
+        jnp.asarray(d["phi"])))
+  assert np.abs(grads[0]).max() > 1e-3
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["gd", "ridge"])
+def test_first_order_equals_gradient_with_the_inner_path_stopped(float64, kind):
+  d = _data(seed=4)
+  key = jax.random.key(1)
+  phi = jnp.asarray(d["phi"])
+  cfg_fo = inner.InnerConfig(kind=kind, steps=6, lr=0.5, first_order=True, ridge_lambda=0.5)
+  cfg_so = inner.InnerConfig(kind=kind, steps=6, lr=0.5, first_order=False, ridge_lambda=0.5)
+
+  def stopped(p):
+    f_tr, f_val = jnp.tanh(d["x_tr"] @ p), jnp.tanh(d["x_val"] @ p)
+    if kind == "gd":
+      head = inner.fit_head_gd(f_tr, d["y_tr"], init_head(key, D, K, "zeros", f_tr.dtype),
+                               6, 0.5)
+    else:
+      head = inner.fit_head_ridge(f_tr, d["y_tr"], K, 0.5)
+    head = jax.lax.stop_gradient(head)
+    logp = jax.nn.log_softmax(apply_head(head, f_val))
+    return -jnp.mean(logp[jnp.arange(N_VAL), d["y_val"]])
+
+  g_fo = jax.jit(jax.grad(lambda p: _meta_loss_library(cfg_fo, p, d, key)))(phi)
+  g_so = jax.jit(jax.grad(lambda p: _meta_loss_library(cfg_so, p, d, key)))(phi)
+  g_manual = jax.jit(jax.grad(stopped))(phi)
+  np.testing.assert_allclose(g_fo, g_manual, rtol=1e-12, atol=1e-14)
+  assert np.abs(g_so - g_fo).max() > 1e-4      # the inner path carries real gradient
+
+  # The train features only reach the val loss through the head: no gradient first-order.
+  f_tr, f_val = jnp.tanh(d["x_tr"] @ phi), jnp.tanh(d["x_val"] @ phi)
+  def meta_of_train_features(ft):
+    return inner.meta_target_loss(cfg_fo, ft, d["y_tr"], f_val, d["y_val"], K, key)[0]
+
+  g_ftr = jax.jit(jax.grad(meta_of_train_features))(f_tr)
+  np.testing.assert_array_equal(g_ftr, 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The per-step target split.
+
+
+def test_resample_target_split_is_a_disjoint_sample_of_the_configured_sizes():
+  n, n_tr, n_val = 30, 12, 9
+  tr, val = inner.resample_target_split(jax.random.key(0), n, n_tr, n_val)
+  tr, val = np.asarray(tr), np.asarray(val)
+  assert tr.shape == (n_tr,) and val.shape == (n_val,)
+  assert np.issubdtype(tr.dtype, np.integer) and np.issubdtype(val.dtype, np.integer)
+  assert len(set(tr)) == n_tr and len(set(val)) == n_val
+  assert not set(tr) & set(val)
+  assert min(tr.min(), val.min()) >= 0 and max(tr.max(), val.max()) < n
+
+
+def test_resample_target_split_can_use_the_whole_pool():
+  tr, val = inner.resample_target_split(jax.random.key(5), 10, 6, 4)
+  assert sorted(np.concatenate([tr, val]).tolist()) == list(range(10))
+
+
+def test_resample_target_split_is_deterministic_per_key_and_differs_across_steps():
+  base = jax.random.key(42)
+  splits = []
+  for step in range(5):
+    key = jax.random.fold_in(base, step)
+    a = inner.resample_target_split(key, 40, 10, 10)
+    b = inner.resample_target_split(key, 40, 10, 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    splits.append((tuple(np.asarray(a[0])), tuple(np.asarray(a[1]))))
+  assert len(set(splits)) == 5
+  assert len({frozenset(tr) for tr, _ in splits}) == 5    # different sets, not just orders
+
+
+def test_resample_target_split_works_under_jit():
+  fn = jax.jit(lambda k: inner.resample_target_split(k, 20, 5, 5))
+  tr, val = fn(jax.random.key(1))
+  ref = inner.resample_target_split(jax.random.key(1), 20, 5, 5)
+  np.testing.assert_array_equal(tr, ref[0])
+  np.testing.assert_array_equal(val, ref[1])
+
+
+def test_resample_target_split_rejects_more_than_the_pool():
+  with pytest.raises(ConfigError) as err:
+    inner.resample_target_split(jax.random.key(0), 10, 6, 5)
+  assert err.value.key == "split"
+  assert "split" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------
+# InnerConfig.from_config.
+
+
+def test_inner_config_from_base_config():
+  cfg = base_config().inner
+  parsed = inner.InnerConfig.from_config(cfg)
+  assert parsed.kind == cfg.kind and parsed.steps == cfg.steps and parsed.lr == cfg.lr
+  cfg = ml_collections.ConfigDict(dict(kind="ridge", steps=0, lr=0.01, ridge_lambda=2.0))
+  parsed = inner.InnerConfig.from_config(cfg)
+  assert (parsed.kind, parsed.steps, parsed.lr, parsed.ridge_lambda) == ("ridge", 0, 0.01, 2.0)
+
+
+@pytest.mark.parametrize("override,key", [
+    (dict(kind="newton"), "inner.kind"),
+    (dict(steps=-1), "inner.steps"),
+    (dict(steps=2.5), "inner.steps"),
+    (dict(lr=0.0), "inner.lr"),
+    (dict(lr=-0.1), "inner.lr"),
+    (dict(init="ones"), "inner.init"),
+    (dict(step_size="adaptive"), "inner.step_size"),
+    (dict(ridge_lambda=0.0), "inner.ridge_lambda"),
+    (dict(weight_decay=-1.0), "inner.weight_decay"),
+    (dict(stepz=3), "inner.stepz"),
+])
+def test_inner_config_rejects_bad_values_naming_the_key(override, key):
+  cfg = dict(kind="gd", steps=5, lr=0.1)
+  cfg.update(override)
+  with pytest.raises(ConfigError) as err:
+    inner.InnerConfig.from_config(ml_collections.ConfigDict(cfg))
+  assert err.value.key == key
+  assert key in str(err.value)

@@ -1,0 +1,342 @@
+"""Each method's objective (merlin_jax/methods): what makes it that method.
+
+A tiny SmallCNN (conv widths (4, 8), 16 features, 8x8x1 inputs, no batch norm unless a
+test says so) so that every objective is a few milliseconds once compiled. Without batch
+norm the features of an example do not depend on the rest of the batch, so objectives
+that run the backbone on different batches can be compared exactly (up to float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from tests.conftest import numpy_init
+
+from merlin_jax import inner, losses
+from merlin_jax.errors import ConfigError
+from merlin_jax.methods import METHODS, Context, Hyper, get_method
+from merlin_jax.models import apply_head, make_backbone
+
+FEAT, K_SRC, K_TGT = 16, 3, 4
+# Sizes chosen so the backbone only ever sees batches of 8 (source, target pool, MeRLin-ft's
+# split) or 16 (joint's and MeRLin's source + target): the objectives run eagerly and reuse
+# each other's compiled ops, far cheaper than compiling each objective under jit.
+N_SRC, N_TGT = 8, 8
+SPLIT_TR, SPLIT_VAL = 5, 3
+TOL = dict(rtol=2e-5, atol=1e-6)
+
+# A source batch no backbone can read (wrong image shape: concatenating it with the target
+# or running the CNN on it fails): a method that ignores the source must not notice it.
+UNREADABLE_SOURCE = {"image": np.zeros((3, 5, 5, 2), np.float32), "label": np.zeros(3, np.int32)}
+
+ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft"}
+
+
+def _backbone(batch_norm=False):
+  cfg = ml_collections.ConfigDict(dict(name="small_cnn", conv_widths=(4, 8), feature_dim=FEAT,
+                                       batch_norm=batch_norm))
+  return make_backbone(cfg, (2, 8, 8, 1))
+
+
+def _hyper(**kw):
+  base = dict(num_source_classes=K_SRC, num_target_classes=K_TGT,
+              inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5),
+              split_train_size=SPLIT_TR, split_val_size=SPLIT_VAL)
+  base.update(kw)
+  return Hyper(**base)
+
+
+def _numpy_head(rng, k):
+  return {"w": (rng.normal(size=(FEAT, k)) / np.sqrt(FEAT)).astype(np.float32),
+          "b": (0.1 * rng.normal(size=(k,))).astype(np.float32)}
+
+
+class Setup:
+  def __init__(self, batch_norm=False):
+    self.backbone = _backbone(batch_norm)
+    rng = np.random.default_rng(0)
+    bb, self.state = numpy_init(self.backbone, (2, 8, 8, 1), rng)
+    self.params = {"backbone": bb,
+                   "source_head": _numpy_head(rng, K_SRC),
+                   "target_head": _numpy_head(rng, K_TGT)}
+    self.source = {"image": rng.normal(size=(N_SRC, 8, 8, 1)).astype(np.float32),
+                   "label": np.arange(N_SRC) % K_SRC}
+    self.target = {"image": rng.normal(size=(N_TGT, 8, 8, 1)).astype(np.float32),
+                   "label": np.arange(N_TGT) % K_TGT}
+    self.batch = {"source": self.source, "target": self.target}
+    self.key = jax.random.key(7)
+    self._memo = {}
+
+  def ctx(self, **kw):
+    return Context(backbone=self.backbone, hp=_hyper(**kw))
+
+  def run(self, name, ctx, batch=None, anchor=None, key=None):
+    """(loss, new_state, metrics, grads) of method `name`'s objective (memoised)."""
+    batch = self.batch if batch is None else batch
+    key = self.key if key is None else key
+    # Sources and anchors are long-lived objects (module constants or the fixture's), so
+    # their ids are stable keys.
+    memo = (name, ctx.hp, id(batch["source"]), id(batch["target"]),
+            tuple(np.asarray(jax.random.key_data(key))), id(anchor))
+    if memo not in self._memo:
+      objective = get_method(name).objective
+      fn = jax.value_and_grad(lambda p: objective(ctx, p, self.state, batch, key, anchor),
+                              has_aux=True)
+      (loss, (new_state, metrics)), grads = fn(self.params)
+      self._memo[memo] = (loss, new_state, metrics, grads)
+    return self._memo[memo]
+
+
+@pytest.fixture(scope="module")
+def s():
+  return Setup()
+
+
+def _assert_tree_close(a, b, **tol):
+  tol = tol or TOL
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+def _assert_tree_zero(tree):
+  jax.tree.map(lambda x: np.testing.assert_array_equal(x, 0.0), tree)
+
+
+def _max_abs(tree):
+  return max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(tree))
+
+
+def _independent_meta(s, ctx, params, key):
+  """L_meta,t written from its definition (Algorithm 1, l. 4-9) with the library's pieces:
+  the split of `key`'s first half, features of the target examples, the inner solver."""
+  k_split, k_head = jax.random.split(key)
+  tr, val = inner.resample_target_split(k_split, N_TGT, SPLIT_TR, SPLIT_VAL)
+  tr, val = np.asarray(tr), np.asarray(val)
+  img, lab = s.target["image"], s.target["label"]
+  feats, _ = s.backbone.features(params["backbone"], s.state,
+                                 np.concatenate([img[tr], img[val]]), train=True)
+  return inner.meta_target_loss(ctx.hp.inner, feats[:SPLIT_TR], lab[tr], feats[SPLIT_TR:],
+                                lab[val], K_TGT, k_head)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Registry.
+
+
+def test_registry_has_every_method_under_its_own_name():
+  assert set(METHODS) == ALL_METHODS
+  for name in ALL_METHODS:
+    assert get_method(name).name == name
+
+
+def test_registry_rejects_an_unknown_method_naming_the_key():
+  with pytest.raises(ConfigError) as err:
+    get_method("merlin2")
+  assert err.value.key == "method"
+  assert "method" in str(err.value) and "merlin2" in str(err.value)
+
+
+def test_method_flags():
+  assert {n for n, m in METHODS.items() if m.uses_source} == {"pretrain", "joint", "merlin"}
+  assert {n for n, m in METHODS.items() if m.needs_pretrained} == {"finetune", "l2sp",
+                                                                    "merlin_ft"}
+
+
+# ---------------------------------------------------------------------------------------
+# Target-side methods never read the source.
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if not m.uses_source))
+def test_methods_without_source_never_read_it(s, name):
+  ctx = s.ctx()
+  anchor = s.params["backbone"] if name == "l2sp" else None
+  without = s.run(name, ctx, batch={"source": None, "target": s.target}, anchor=anchor)
+  unread = s.run(name, ctx, batch={"source": UNREADABLE_SOURCE, "target": s.target},
+                 anchor=anchor)
+  np.testing.assert_allclose(unread[0], without[0], **TOL)
+  _assert_tree_close(unread[3], without[3])
+  _assert_tree_zero(without[3]["source_head"])
+  assert np.isfinite(without[0]) and _max_abs(without[3]["backbone"]) > 0
+
+
+def test_target_only_is_the_target_cross_entropy_of_the_learned_head(s):
+  loss = s.run("target_only", s.ctx(), batch={"source": None, "target": s.target})[0]
+  feats, _ = s.backbone.features(s.params["backbone"], s.state, s.target["image"], train=True)
+  expected = losses.softmax_cross_entropy(apply_head(s.params["target_head"], feats),
+                                          s.target["label"])
+  np.testing.assert_allclose(loss, expected, **TOL)
+  # finetune is the same objective (it differs only in where training starts).
+  np.testing.assert_allclose(s.run("finetune", s.ctx())[0], loss, **TOL)
+
+
+def test_target_batch_size_larger_than_the_pool_is_a_config_error(s):
+  with pytest.raises(ConfigError) as err:
+    s.run("target_only", s.ctx(target_batch_size=N_TGT + 1))
+  assert err.value.key == "target_batch_size"
+
+
+# ---------------------------------------------------------------------------------------
+# L2-SP.
+
+
+def test_l2sp_at_the_anchor_with_beta_zero_equals_finetune(s):
+  ctx = s.ctx(alpha=0.7, beta=0.0)
+  l2sp = s.run("l2sp", ctx, anchor=s.params["backbone"])
+  ft = s.run("finetune", ctx)
+  np.testing.assert_allclose(l2sp[0], ft[0], **TOL)
+  _assert_tree_close(l2sp[3], ft[3])
+
+
+def test_l2sp_penalties_pull_the_backbone_to_the_anchor_and_shrink_the_head(s):
+  alpha, beta = 0.7, 0.3
+  rng = np.random.default_rng(1)
+  anchor = jax.tree.map(lambda w: w + 0.1 * rng.normal(size=w.shape).astype(np.float32),
+                        s.params["backbone"])
+  l2sp = s.run("l2sp", s.ctx(alpha=alpha, beta=beta), anchor=anchor)
+  ft = s.run("finetune", s.ctx(alpha=alpha, beta=beta))
+  diff = jax.tree.map(lambda w, w0: np.asarray(w, np.float64) - np.asarray(w0, np.float64),
+                      s.params["backbone"], anchor)
+  dist = sum(np.sum(d * d) for d in jax.tree.leaves(diff))
+  head_w = np.asarray(s.params["target_head"]["w"], np.float64)
+  np.testing.assert_allclose(l2sp[0] - ft[0],
+                             0.5 * alpha * dist + 0.5 * beta * np.sum(head_w ** 2), rtol=1e-4)
+  # d/dw [alpha/2 ||w - w0||^2] = alpha (w - w0);  d/dtheta [beta/2 ||theta_w||^2] = beta theta_w.
+  _assert_tree_close(jax.tree.map(lambda a, b: a - b, l2sp[3]["backbone"], ft[3]["backbone"]),
+                     jax.tree.map(lambda d: alpha * d, diff), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(l2sp[3]["target_head"]["w"] - ft[3]["target_head"]["w"],
+                             beta * head_w, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(l2sp[3]["target_head"]["b"], ft[3]["target_head"]["b"], **TOL)
+
+
+def test_l2sp_without_anchor_fails(s):
+  with pytest.raises(ValueError, match="anchor"):
+    s.run("l2sp", s.ctx(), anchor=None)
+
+
+# ---------------------------------------------------------------------------------------
+# Joint training.
+
+
+def test_joint_with_alpha_zero_equals_pretrain(s):
+  joint = s.run("joint", s.ctx(alpha=0.0))
+  pre = s.run("pretrain", s.ctx())
+  np.testing.assert_allclose(joint[0], pre[0], **TOL)
+  _assert_tree_close(joint[3]["backbone"], pre[3]["backbone"])
+  _assert_tree_close(joint[3]["source_head"], pre[3]["source_head"])
+  _assert_tree_zero(joint[3]["target_head"])
+  assert _max_abs(pre[3]["backbone"]) > 0
+
+
+def test_joint_with_alpha_one_is_the_target_only_loss(s):
+  joint = s.run("joint", s.ctx(alpha=1.0))
+  tgt = s.run("target_only", s.ctx())
+  np.testing.assert_allclose(joint[0], tgt[0], **TOL)
+  _assert_tree_close(joint[3]["backbone"], tgt[3]["backbone"])
+  _assert_tree_close(joint[3]["target_head"], tgt[3]["target_head"])
+  _assert_tree_zero(joint[3]["source_head"])
+
+
+def test_joint_is_the_alpha_weighted_sum(s):
+  alpha = 0.3
+  joint = s.run("joint", s.ctx(alpha=alpha))
+  pre = s.run("pretrain", s.ctx())
+  tgt = s.run("target_only", s.ctx())
+  np.testing.assert_allclose(joint[0], (1 - alpha) * pre[0] + alpha * tgt[0], **TOL)
+  _assert_tree_close(joint[3]["backbone"],
+                     jax.tree.map(lambda a, b: (1 - alpha) * a + alpha * b,
+                                  pre[3]["backbone"], tgt[3]["backbone"]))
+
+
+# ---------------------------------------------------------------------------------------
+# MeRLin and MeRLin-ft.
+
+
+def test_merlin_with_rho_zero_equals_pretrain(s):
+  merlin = s.run("merlin", s.ctx(rho=0.0))
+  pre = s.run("pretrain", s.ctx())
+  np.testing.assert_allclose(merlin[0], pre[0], **TOL)
+  _assert_tree_close(merlin[3]["backbone"], pre[3]["backbone"])
+  _assert_tree_close(merlin[3]["source_head"], pre[3]["source_head"])
+  _assert_tree_zero(merlin[3]["target_head"])
+
+
+def test_merlin_is_pretrain_plus_rho_times_the_meta_loss(s):
+  rho = 2.5
+  ctx = s.ctx(rho=rho)
+  merlin = s.run("merlin", ctx)
+  pre = s.run("pretrain", ctx)
+  meta, meta_grads = jax.value_and_grad(lambda p: _independent_meta(s, ctx, p, s.key))(s.params)
+  assert float(meta) > 0
+  np.testing.assert_allclose(merlin[2]["meta_val_loss"], meta, **TOL)
+  np.testing.assert_allclose(merlin[0], pre[0] + rho * meta, **TOL)
+  # The meta-gradient reaches phi (through the inner steps) and only phi: theta_t is refit
+  # inside every step, so the learned target head gets nothing.
+  assert _max_abs(meta_grads["backbone"]) > 1e-4
+  _assert_tree_close(merlin[3]["backbone"],
+                     jax.tree.map(lambda a, b: a + rho * b, pre[3]["backbone"],
+                                  meta_grads["backbone"]), rtol=1e-4, atol=1e-6)
+  _assert_tree_close(merlin[3]["source_head"], pre[3]["source_head"])
+  _assert_tree_zero(merlin[3]["target_head"])
+
+
+def test_merlin_resamples_the_split_with_the_key(s):
+  ctx = s.ctx()
+  a = s.run("merlin_ft", ctx, batch={"source": None, "target": s.target})
+  b = s.run("merlin_ft", ctx, batch={"source": None, "target": s.target},
+            key=jax.random.key(8))
+  assert abs(float(a[0]) - float(b[0])) > 1e-6
+
+
+def test_merlin_ft_is_rho_times_the_meta_loss_and_ignores_the_source(s):
+  rho = 0.5
+  ctx = s.ctx(rho=rho)
+  ft = s.run("merlin_ft", ctx, batch={"source": None, "target": s.target})
+  meta, meta_grads = jax.value_and_grad(lambda p: _independent_meta(s, ctx, p, s.key))(s.params)
+  np.testing.assert_allclose(ft[0], rho * meta, **TOL)
+  _assert_tree_close(ft[3]["backbone"], jax.tree.map(lambda g: rho * g, meta_grads["backbone"]),
+                     rtol=1e-4, atol=1e-6)
+  _assert_tree_zero(ft[3]["source_head"])
+  _assert_tree_zero(ft[3]["target_head"])
+  assert "source_loss" not in ft[2]
+
+
+def test_merlin_ft_first_order_changes_the_backbone_gradient(s):
+  batch = {"source": None, "target": s.target}
+  so = s.run("merlin_ft", s.ctx(), batch=batch)
+  fo = s.run("merlin_ft", s.ctx(inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5,
+                                                        first_order=True)), batch=batch)
+  np.testing.assert_allclose(so[0], fo[0], **TOL)     # same value, different gradient
+  gap = jax.tree.map(lambda a, b: a - b, so[3]["backbone"], fo[3]["backbone"])
+  assert _max_abs(gap) > 1e-6
+
+
+def test_merlin_updates_batch_norm_statistics_in_one_pass():
+  s_bn = Setup(batch_norm=True)
+  assert "batch_stats" in s_bn.state
+  loss, new_state, _, _ = s_bn.run("merlin", s_bn.ctx())
+  assert np.isfinite(loss)
+  assert jax.tree.structure(new_state) == jax.tree.structure(s_bn.state)
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         new_state, s_bn.state)
+  assert all(jax.tree.leaves(changed))
+  # One pass over [source; target split] with momentum 0.9, from running mean 0: the first
+  # batch norm's mean is 0.1 * the batch mean of the first conv's output. (The split uses
+  # the whole target pool here, and a mean does not depend on the order.)
+  assert SPLIT_TR + SPLIT_VAL == N_TGT
+  conv = s_bn.params["backbone"]["Conv_0"]
+  x = np.concatenate([s_bn.source["image"], s_bn.target["image"]])
+  y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
+  np.testing.assert_allclose(new_state["batch_stats"]["BatchNorm_0"]["mean"],
+                             0.1 * np.asarray(jnp.mean(y, axis=(0, 1, 2))), rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_hyper_is_static_under_jit(s):
+  # Hyper and Context must be hashable: the training step closes over them under jit.
+  hash(s.ctx())
+  assert dataclasses.replace(s.ctx().hp, rho=3.0).rho == 3.0
