@@ -26,17 +26,6 @@ from ml_collections import config_flags
 
 from merlin_jax.metrics import JSONL, read_jsonl
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of all runs.")
-_METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "merlin",
-                                         "merlin_ft"], "Methods to run.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-_GRID = flags.DEFINE_multi_string(
-    "grid", [], "method:key=v1,v2[;key2=...]: values tried for that method, chosen on target val.")
-_OUT = flags.DEFINE_string("out", "", "Also write the markdown table (and a .json) here.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 def parse_grid(specs: Sequence[str]) -> dict[str, list[dict]]:
   """'joint:alpha=0.1,0.5;rho=1' -> {'joint': [{'alpha': 0.1, 'rho': 1}, {'alpha': 0.5, ...}]}."""
   grids: dict[str, list[dict]] = {}
@@ -133,6 +122,20 @@ def markdown_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _define_flags():
+  """Flags exist only when this module is the program (it is also imported as a library)."""
+  global _CONFIG, _WORKDIR, _METHODS, _SEEDS, _GRID, _OUT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of all runs.")
+  _METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "merlin",
+                                           "merlin_ft"], "Methods to run.")
+  _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+  _GRID = flags.DEFINE_multi_string(
+      "grid", [], "method:key=v1,v2[;key2=...]: values tried for that method, chosen on target val.")
+  _OUT = flags.DEFINE_string("out", "", "Also write the markdown table (and a .json) here.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
   del argv
   from merlin_jax import errors
@@ -155,4 +158,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
