@@ -48,7 +48,7 @@ def get_config(arg: str | None = None):
   c.split.val_size = 256            # ours
   c.inner.kind = "ridge"            # ours: closed-form head, cheap for 196 classes
   c.inner.steps = 20                # ours
-  c.inner.lr = 0.1                  # ours
+  c.inner.lr = 1.0                  # ours: eta relative to 1/L_hat (inner.step_size="normalized")
   c.rho = 1.0                       # ours
   c.eval.every = 1000
   c.eval.batch_size = 256

@@ -44,7 +44,7 @@ def get_config(arg: str | None = None):
   c.split.train_size = 250          # ours
   c.split.val_size = 250            # ours
   c.inner.steps = 20                # ours
-  c.inner.lr = 0.1                  # ours
+  c.inner.lr = 1.0                  # ours: eta relative to 1/L_hat (inner.step_size="normalized")
   c.rho = 1.0                       # ours
   c.eval.every = 500
   if arg == "local":

@@ -26,8 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner = ml_collections.ConfigDict()
   c.inner.kind = "gd"          # gd | ridge
   c.inner.steps = 20           # n
-  c.inner.lr = 0.1             # eta
-  c.inner.step_size = "fixed"  # fixed: plain eta (paper) | normalized: eta / L_hat (ours; stable at any feature scale)
+  c.inner.lr = 1.0             # eta (with step_size='normalized': relative to 1/L_hat, stable below 2)
+  # 'normalized' (ours): eta / L_hat, L_hat a bound on the head loss's curvature, stable at
+  # any feature scale. 'fixed': the paper's plain eta; it diverged on our digits pair once
+  # feature norms grew (see WORKSPACE.md), so it is not the default.
+  c.inner.step_size = "normalized"
   c.inner.first_order = False
   c.inner.remat = True         # jax.checkpoint on the scan body
   c.inner.init = "zeros"       # zeros | random
