@@ -68,6 +68,9 @@ def flatten(tree) -> dict[str, np.ndarray]:
 
 
 def export_safetensors(path: str, tree) -> None:
+  """Call on every process: FSDP-sharded leaves are gathered (a collective) first."""
+  from merlin_jax import sharding
+  tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return
   from safetensors.numpy import save_file

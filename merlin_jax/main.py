@@ -20,6 +20,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs (merlin_jax/distributed.py; launch/ has the commands for pods/clusters).
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", ["auto", "on", "off"], "jax.distributed.initialize: auto = when "
+    "--coordinator_address/JAX_COORDINATOR_ADDRESS is set or SLURM/Open MPI/a TPU pod is detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (explicit multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_DIST_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
+                                     "Seconds to wait for all processes to join.")
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -35,7 +45,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from merlin_jax import errors, train  # after flag parsing: fast --help
+  from merlin_jax import distributed
   try:
+    distributed.initialize(distributed.Settings.from_env(
+        _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+        timeout_s=_DIST_TIMEOUT.value))
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (errors.UserError, errors.NonFiniteLossError) as e:
     if _VERBOSE.value:

@@ -30,7 +30,8 @@ from merlin_jax.metrics import MetricWriter, read_jsonl, JSONL
 from merlin_jax.models import apply_head, init_head, make_backbone
 
 # Keys that may change when resuming a workdir (they do not change what is computed).
-RESUMABLE_CHANGES = ("total_steps", "eval.every", "log_every", "checkpoint_every",
+RESUMABLE_CHANGES = ("mesh.data", "mesh.model", "mesh.param_sharding", "mesh.fsdp_min_size",
+                     "total_steps", "eval.every", "log_every", "checkpoint_every",
                      "keep_checkpoints", "pretrained.path")
 
 
@@ -160,8 +161,15 @@ def init_params(ctx: Context, key, image_shape, example_input=None):
 # The jitted steps.
 
 
-def make_train_step(method: Method, ctx: Context, optimizer, base_key):
-  """state, batch, target pool, anchor -> new state, metrics (one outer step, Alg. 1 l. 3-9)."""
+def make_train_step(method: Method, ctx: Context, optimizer, base_key, *, mesh=None,
+                    state_sharding=None):
+  """state, batch, target pool, anchor -> new state, metrics (one outer step, Alg. 1 l. 3-9).
+
+  With `mesh` and `state_sharding` (sharding.state_shardings) the step is jitted with
+  explicit shardings: state as placed (replicated or FSDP), source batch on 'data', target
+  pool and anchor as given, metrics replicated. The donated state comes back with the same
+  sharding, so its buffers are reused step after step and checkpoints restore into it.
+  """
 
   def train_step(state: TrainState, source, target, anchor):
     key = jax.random.fold_in(base_key, state.step)   # per-step key: resumable by step
@@ -181,7 +189,11 @@ def make_train_step(method: Method, ctx: Context, optimizer, base_key):
                               model_state=new_model_state, opt_state=new_opt_state)
     return new_state, metrics
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  if mesh is None or state_sharding is None:
+    return jax.jit(train_step, donate_argnums=(0,))
+  return jax.jit(train_step, donate_argnums=(0,),
+                 in_shardings=(state_sharding, sharding.data_sharding(mesh), None, None),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)))
 
 
 class Evaluator:
@@ -250,10 +262,12 @@ class Evaluator:
       lab = arrays["label"][start:start + self.batch_size]
       pad = self.batch_size - lab.shape[0]
       pad_rows = lambda a: np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-      yield {"image": jax.tree.map(lambda a: pad_rows(a[start:start + self.batch_size]),
-                                   arrays["image"]),   # pixels, or a pytree (text tokens)
-             "label": np.pad(lab, (0, pad)),
-             "mask": np.pad(np.ones(lab.shape[0], np.float32), (0, pad))}
+      # Every process holds the whole set; each feeds the rows of its own devices.
+      yield sharding.process_rows(
+          {"image": jax.tree.map(lambda a: pad_rows(a[start:start + self.batch_size]),
+                                 arrays["image"]),   # pixels, or a pytree (text tokens)
+           "label": np.pad(lab, (0, pad)),
+           "mask": np.pad(np.ones(lab.shape[0], np.float32), (0, pad))})
 
   def target_val(self, params, model_state) -> dict:
     head = self.target_head(params, model_state)
@@ -326,7 +340,7 @@ def prepare_workdir(config, workdir: str) -> None:
     raise UserError(f"workdir {workdir} is a file; pass a directory path with --workdir")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # hosts may share it
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -362,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   method = validate_config(config)
   prepare_workdir(config, workdir)
-  mesh = sharding.make_mesh(config.mesh.data)
+  mesh = sharding.mesh_from_config(config.mesh)
   if method.uses_source:
     sharding.check_divisible(config.batch_size, mesh, "batch_size")
   data = pipeline.load_transfer_data(
@@ -387,8 +401,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      opt_state=optimizer.init(params),
                      best_val_accuracy=jnp.full((), -1.0, jnp.float32),
                      best_step=jnp.zeros((), jnp.int32))
-  state = sharding.replicate(mesh, state)
-  anchor = None if anchor is None else sharding.replicate(mesh, anchor)
+  # Parameters + optimizer state: replicated or FSDP (config.mesh.param_sharding).
+  state_sharding = sharding.state_shardings(mesh, state, config.mesh.param_sharding,
+                                            config.mesh.fsdp_min_size)
+  state = sharding.place(state, state_sharding)
+  anchor = None if anchor is None else sharding.place(anchor, state_sharding.params["backbone"])
+  logging.info("mesh %s, params %s: train state %.1f MB per device", dict(mesh.shape),
+               config.mesh.param_sharding, sharding.bytes_per_device(state) / 2**20)
   target_pool = sharding.replicate(mesh, data.target_train)
 
   ckpt = checkpointing.make_manager(os.path.join(workdir, checkpointing.CHECKPOINTS),
@@ -402,7 +421,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _, selected = checkpointing.restore_latest(best_mngr, selected)
 
   writer = MetricWriter(workdir, resume_step=start_step)
-  train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2))
+  train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
+                               mesh=mesh, state_sharding=state_sharding)
   evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
   source_iter = (data.source.batches(start_step, config.batch_size)
                  if method.uses_source else None)

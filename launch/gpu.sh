@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Train on GPUs.
+#
+#   launch/gpu.sh local --config=configs/food_cub.py --workdir=/scratch/merlin/food_cub \
+#       [--gpus=0,1,2,3] [--data-dir=gs://my-bucket/tensorflow_datasets] [--dry-run] [-- EXTRA]
+#     one host, one process driving all its (or the listed) GPUs; no jax.distributed.
+#
+#   launch/gpu.sh slurm --nodes=2 --gpus-per-node=8 --config=configs/food_cub.py \
+#       --workdir=/shared/merlin/food_cub [--partition=P] [--time=24:00:00] [--account=A] \
+#       [--cpus-per-task=8] [--data-dir=gs://...] [--dry-run] [-- EXTRA]
+#     `srun` starts one process per GPU on every node (inside an sbatch/salloc allocation or
+#     creating one); jax.distributed.initialize reads the SLURM_* variables (coordinator =
+#     first node, process id, local GPU). The workdir must be on a filesystem all nodes see.
+#
+# Environment set-up (once per cluster): python3.11 -m venv VENV && VENV/bin/pip install
+# -r requirements.txt 'jax[cuda12]==0.10.2'; point VENV at it (default: ./.venv).
+# DRY_RUN=1 or --dry-run prints the commands instead of running them.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+MODE="${1:-}"
+[[ "$MODE" == local || "$MODE" == slurm ]] || die "first argument: local or slurm (see --help)"
+shift
+CONFIG="" WORKDIR="" DATA_DIR="" GPUS="" NODES=1 GPUS_PER_NODE=8 PARTITION="" TIME="" ACCOUNT=""
+CPUS_PER_TASK=8
+VENV="${VENV:-.venv}"
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --config=*) CONFIG="${1#*=}" ;;
+    --workdir=*) WORKDIR="${1#*=}" ;;
+    --data-dir=*) DATA_DIR="${1#*=}" ;;
+    --gpus=*) GPUS="${1#*=}" ;;
+    --nodes=*) NODES="${1#*=}" ;;
+    --gpus-per-node=*) GPUS_PER_NODE="${1#*=}" ;;
+    --partition=*) PARTITION="${1#*=}" ;;
+    --time=*) TIME="${1#*=}" ;;
+    --account=*) ACCOUNT="${1#*=}" ;;
+    --cpus-per-task=*) CPUS_PER_TASK="${1#*=}" ;;
+    --venv=*) VENV="${1#*=}" ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+  shift
+done
+need_value --config "$CONFIG"
+need_value --workdir "$WORKDIR"
+
+MAIN=("$VENV/bin/python" -m merlin_jax.main "--config=$CONFIG" "--workdir=$WORKDIR")
+[[ -n "$DATA_DIR" ]] && MAIN+=("--config.data.data_dir=$DATA_DIR")
+
+if [[ "$MODE" == local ]]; then
+  ENV=(env)
+  [[ -n "$GPUS" ]] && ENV+=("CUDA_VISIBLE_DEVICES=$GPUS")
+  run "${ENV[@]}" "${MAIN[@]}" --multihost=off "${EXTRA[@]}"
+else
+  SRUN=(srun "--nodes=$NODES" "--ntasks-per-node=$GPUS_PER_NODE" "--gpus-per-node=$GPUS_PER_NODE"
+        "--cpus-per-task=$CPUS_PER_TASK" --kill-on-bad-exit=1)
+  [[ -n "$PARTITION" ]] && SRUN+=("--partition=$PARTITION")
+  [[ -n "$TIME" ]] && SRUN+=("--time=$TIME")
+  [[ -n "$ACCOUNT" ]] && SRUN+=("--account=$ACCOUNT")
+  # --multihost=on: jax.distributed.initialize() with everything auto-detected from SLURM.
+  run "${SRUN[@]}" "${MAIN[@]}" --multihost=on "${EXTRA[@]}"
+fi

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice: every worker runs the same `merlin_jax.main` command;
+# JAX joins them with jax.distributed (auto-detected on TPU VMs) into one mesh.
+#
+#   launch/tpu_pod.sh --name=merlin-v4 --zone=us-central2-b --accelerator-type=v4-32 \
+#       --config=configs/food_cub.py --workdir=/mnt/my-bucket/merlin/food_cub \
+#       --data-dir=gs://my-bucket/tensorflow_datasets --gcsfuse=my-bucket \
+#       [--project=P] [--steps=create,copy,setup,run] [--delete] [--dry-run] [-- --config.seed=1 ...]
+#
+# Steps (default: create,copy,setup,run):
+#   create  gcloud compute tpus tpu-vm create (skip it for an existing VM)
+#   copy    the repository's tracked files as a tarball to every worker (--worker=all)
+#   setup   python3.11 venv + requirements.txt + jax[tpu] on every worker (and gcsfuse)
+#   run     merlin_jax.main on every worker, --multihost=on
+# --delete deletes the TPU VM at the end.
+#
+# Data: TFDS reads gs:// directly (--data-dir -> --config.data.data_dir=gs://...); prepare it
+# once from any machine (`tfds build food101 --data_dir=gs://my-bucket/tensorflow_datasets`).
+# Workdir: must be one directory every worker sees (orbax writes checkpoints from all
+# hosts): --gcsfuse=BUCKET mounts gs://BUCKET at /mnt/BUCKET on every worker.
+# DRY_RUN=1 or --dry-run prints the commands instead of running them.
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+NAME="" ZONE="" PROJECT="" ACCEL="v4-32" VERSION="tpu-ubuntu2204-base"
+CONFIG="" WORKDIR="" DATA_DIR="" GCSFUSE="" STEPS="create,copy,setup,run" DELETE=0
+PYTHON="python3.11" JAX_VERSION="0.10.2" REMOTE_DIR="merlin_jax"
+EXTRA=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --name=*) NAME="${1#*=}" ;;
+    --zone=*) ZONE="${1#*=}" ;;
+    --project=*) PROJECT="${1#*=}" ;;
+    --accelerator-type=*) ACCEL="${1#*=}" ;;
+    --version=*) VERSION="${1#*=}" ;;
+    --config=*) CONFIG="${1#*=}" ;;
+    --workdir=*) WORKDIR="${1#*=}" ;;
+    --data-dir=*) DATA_DIR="${1#*=}" ;;
+    --gcsfuse=*) GCSFUSE="${1#*=}" ;;
+    --steps=*) STEPS="${1#*=}" ;;
+    --delete) DELETE=1 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
+  esac
+  shift
+done
+need_value --name "$NAME"
+need_value --zone "$ZONE"
+[[ ",$STEPS," == *,run,* ]] && { need_value --config "$CONFIG"; need_value --workdir "$WORKDIR"; }
+[[ "$WORKDIR" == gs://* ]] && die "--workdir must be a mounted path every worker sees, e.g. " \
+  "--gcsfuse=BUCKET --workdir=/mnt/BUCKET/merlin/run (gs:// is for --data-dir)"
+
+GCLOUD=(gcloud compute tpus tpu-vm)
+WHERE=("--zone=$ZONE")
+[[ -n "$PROJECT" ]] && WHERE+=("--project=$PROJECT")
+ssh_all() {  # ssh_all COMMAND: one command on every worker at once
+  run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all "--command=$1"
+}
+has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+if has_step create; then
+  run "${GCLOUD[@]}" create "$NAME" "${WHERE[@]}" "--accelerator-type=$ACCEL" "--version=$VERSION"
+fi
+
+if has_step copy; then
+  ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  TARBALL="${TMPDIR:-/tmp}/merlin_jax_code.tar.gz"
+  # Tracked files only (no venvs, workdirs or data).
+  run git -C "$ROOT" archive --format=tar.gz -o "$TARBALL" HEAD
+  run "${GCLOUD[@]}" scp "$TARBALL" "$NAME:merlin_jax_code.tar.gz" "${WHERE[@]}" --worker=all
+  ssh_all "mkdir -p ~/$REMOTE_DIR && tar -xzf ~/merlin_jax_code.tar.gz -C ~/$REMOTE_DIR"
+fi
+
+if has_step setup; then
+  ssh_all "sudo apt-get update -q && sudo apt-get install -y -q $PYTHON ${PYTHON}-venv && \
+cd ~/$REMOTE_DIR && $PYTHON -m venv ~/venv && ~/venv/bin/pip install -q -r requirements.txt \
+'jax[tpu]==$JAX_VERSION'"
+  if [[ -n "$GCSFUSE" ]]; then
+    ssh_all "(command -v gcsfuse || (echo 'deb https://packages.cloud.google.com/apt \
+gcsfuse-\$(lsb_release -c -s) main' | sudo tee /etc/apt/sources.list.d/gcsfuse.list && \
+curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && \
+sudo apt-get update -q && sudo apt-get install -y -q gcsfuse)) && sudo mkdir -p /mnt/$GCSFUSE && \
+sudo chown \$USER /mnt/$GCSFUSE && (mountpoint -q /mnt/$GCSFUSE || \
+gcsfuse --implicit-dirs $GCSFUSE /mnt/$GCSFUSE)"
+  fi
+fi
+
+if has_step run; then
+  ARGS=(-m merlin_jax.main "--config=$CONFIG" "--workdir=$WORKDIR" --multihost=on)
+  [[ -n "$DATA_DIR" ]] && ARGS+=("--config.data.data_dir=$DATA_DIR")
+  ARGS+=("${EXTRA[@]}")
+  ssh_all "cd ~/$REMOTE_DIR && ~/venv/bin/python $(join_quoted "${ARGS[@]}")"
+fi
+
+if [[ "$DELETE" == 1 ]]; then
+  run "${GCLOUD[@]}" delete "$NAME" "${WHERE[@]}" --quiet
+fi

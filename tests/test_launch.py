@@ -1,0 +1,193 @@
+"""launch/*.sh in dry-run mode (the commands they would run), merlin_jax.distributed's
+decisions, and one real 2-process run of launch/local.sh on the synthetic pair."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from merlin_jax import distributed
+from merlin_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _dry_run(script, *args, env_dry_run=False):
+  env = dict(os.environ)
+  env.pop("DRY_RUN", None)
+  if env_dry_run:
+    env["DRY_RUN"] = "1"
+  else:
+    args = ("--dry-run",) + args if script != "gpu.sh" else (args[0], "--dry-run") + args[1:]
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], env=env,
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+  return out
+
+
+def _commands(out):
+  assert out.returncode == 0, out.stderr
+  return [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+
+
+def _flag(cmd, name):
+  values = [a.split("=", 1)[1] for a in cmd if a.startswith(f"--{name}=")]
+  assert len(values) == 1, (name, cmd)
+  return values[0]
+
+
+TPU_ARGS = ("--name=merlin-pod", "--zone=us-central2-b", "--accelerator-type=v4-32",
+            "--project=my-proj", "--config=configs/food_cub.py",
+            "--workdir=/mnt/my-bucket/merlin/food_cub",
+            "--data-dir=gs://my-bucket/tensorflow_datasets", "--gcsfuse=my-bucket",
+            "--", "--config.seed=1")
+
+
+@pytest.mark.parametrize("env_dry_run", [False, True])
+def test_tpu_pod_commands(env_dry_run):
+  cmds = _commands(_dry_run("tpu_pod.sh", *TPU_ARGS, env_dry_run=env_dry_run))
+  gcloud = [c for c in cmds if c[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]]
+  create = [c for c in gcloud if c[4] == "create"]
+  assert len(create) == 1 and create[0][5] == "merlin-pod"
+  assert _flag(create[0], "accelerator-type") == "v4-32"
+  assert _flag(create[0], "zone") == "us-central2-b" and _flag(create[0], "project") == "my-proj"
+  remote = [c for c in gcloud if c[4] in ("ssh", "scp")]
+  assert remote and all("--worker=all" in c and _flag(c, "zone") == "us-central2-b"
+                        for c in remote)
+  ssh = [_flag(c, "command") for c in gcloud if c[4] == "ssh"]
+  setup = [s for s in ssh if "requirements.txt" in s]
+  assert len(setup) == 1 and "jax[tpu]==" in setup[0] and "venv" in setup[0]
+  assert any("gcsfuse" in s and "/mnt/my-bucket" in s for s in ssh)
+  main = [shlex.split(s.split("&&")[-1]) for s in ssh if "merlin_jax.main" in s]
+  assert len(main) == 1
+  main = main[0]
+  assert main[:3] == ["~/venv/bin/python", "-m", "merlin_jax.main"]
+  assert _flag(main, "config") == "configs/food_cub.py"
+  assert _flag(main, "workdir") == "/mnt/my-bucket/merlin/food_cub"
+  assert _flag(main, "config.data.data_dir") == "gs://my-bucket/tensorflow_datasets"
+  assert _flag(main, "multihost") == "on" and main[-1] == "--config.seed=1"
+  # Order: create, copy, set up, run.
+  kinds = [c[4] if c[0] == "gcloud" else c[0] for c in cmds]
+  assert kinds.index("create") < kinds.index("scp") < len(kinds) - 1
+  assert "merlin_jax.main" in _flag(cmds[-1], "command")
+
+
+def test_tpu_pod_steps_delete_and_bad_workdir():
+  cmds = _commands(_dry_run("tpu_pod.sh", "--steps=run", "--delete", *TPU_ARGS[:-2]))
+  assert [c[4] for c in cmds] == ["ssh", "delete"]
+  bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=gs://b/w")
+  assert bad.returncode == 2 and "--workdir" in bad.stderr
+  missing = _dry_run("tpu_pod.sh", "--zone=z", "--config=c.py", "--workdir=/w")
+  assert missing.returncode == 2 and "--name" in missing.stderr
+
+
+def test_gpu_slurm_commands():
+  cmds = _commands(_dry_run("gpu.sh", "slurm", "--nodes=4", "--gpus-per-node=8",
+                            "--partition=gpu", "--time=12:00:00", "--config=configs/food_cub.py",
+                            "--workdir=/shared/merlin", "--data-dir=gs://b/tfds", "--",
+                            "--config.batch_size=256"))
+  assert len(cmds) == 1
+  cmd = cmds[0]
+  assert cmd[0] == "srun" and _flag(cmd, "nodes") == "4"
+  assert _flag(cmd, "ntasks-per-node") == "8" and _flag(cmd, "gpus-per-node") == "8"
+  assert _flag(cmd, "partition") == "gpu" and _flag(cmd, "time") == "12:00:00"
+  i = cmd.index("merlin_jax.main")
+  assert cmd[i - 1] == "-m" and cmd[i - 2].endswith("/bin/python")
+  main = cmd[i:]
+  assert _flag(main, "config") == "configs/food_cub.py" and _flag(main, "workdir") == "/shared/merlin"
+  assert _flag(main, "config.data.data_dir") == "gs://b/tfds"
+  # jax.distributed reads SLURM's variables: no explicit coordinator/process id.
+  assert _flag(main, "multihost") == "on"
+  assert not any(a.startswith(("--coordinator_address", "--process_id")) for a in main)
+  assert main[-1] == "--config.batch_size=256"
+
+
+def test_gpu_single_host_command():
+  cmds = _commands(_dry_run("gpu.sh", "local", "--gpus=0,1,2,3", "--config=configs/food_cub.py",
+                            "--workdir=/scratch/w"))
+  assert len(cmds) == 1
+  cmd = cmds[0]
+  assert cmd[:2] == ["env", "CUDA_VISIBLE_DEVICES=0,1,2,3"]
+  assert "srun" not in cmd and _flag(cmd, "multihost") == "off"
+  assert _flag(cmd, "config") == "configs/food_cub.py" and _flag(cmd, "workdir") == "/scratch/w"
+  assert _dry_run("gpu.sh", "cluster", "--config=c", "--workdir=w").returncode == 2
+
+
+def test_local_multiprocess_commands():
+  cmds = _commands(_dry_run("local.sh", "--processes=3", "--devices=2",
+                            "--config=configs/synthetic.py", "--workdir=/tmp/mp", "--",
+                            "--config.total_steps=4"))
+  assert len(cmds) == 3
+  coordinators = {_flag(c, "coordinator_address") for c in cmds}
+  assert len(coordinators) == 1 and coordinators.pop().startswith("127.0.0.1:")
+  assert [_flag(c, "process_id") for c in cmds] == ["0", "1", "2"]
+  for c in cmds:
+    assert c[0] == "timeout" and "JAX_PLATFORMS=cpu" in c
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=2" in c
+    assert _flag(c, "num_processes") == "3" and _flag(c, "multihost") == "on"
+    assert _flag(c, "config") == "configs/synthetic.py" and _flag(c, "workdir") == "/tmp/mp"
+    assert c[-1] == "--config.total_steps=4"
+
+
+# --- merlin_jax.distributed: when to call jax.distributed.initialize, with what ----------
+
+
+def test_distributed_plan_single_process_by_default():
+  assert distributed.plan(distributed.Settings.from_env(environ={}), environ={}) is None
+  assert distributed.plan(distributed.Settings(mode="off", coordinator_address="h:1",
+                                               num_processes=2, process_id=0)) is None
+
+
+def test_distributed_plan_explicit_from_flags_or_env():
+  s = distributed.Settings.from_env("auto", "10.0.0.1:1234", 4, 3, timeout_s=60, environ={})
+  assert distributed.plan(s, environ={}) == {
+      "coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3,
+      "initialization_timeout": 60}
+  env = {"JAX_COORDINATOR_ADDRESS": "h:5", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  s = distributed.Settings.from_env(environ=env)
+  assert distributed.plan(s, environ=env)["process_id"] == 1
+  with pytest.raises(UserError, match="--num_processes"):
+    distributed.plan(distributed.Settings(coordinator_address="h:5", process_id=0))
+  with pytest.raises(UserError, match="process_id"):
+    distributed.plan(distributed.Settings(coordinator_address="h:5", num_processes=2,
+                                          process_id=2))
+
+
+def test_distributed_plan_detects_clusters():
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "16"}
+  assert distributed.detected_cluster(slurm) == "slurm"
+  assert distributed.detected_cluster(dict(slurm, SLURM_NTASKS="1")) is None
+  assert distributed.detected_cluster({"OMPI_COMM_WORLD_SIZE": "4"}) == "openmpi"
+  assert distributed.detected_cluster({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == "tpu"
+  # Detected: let JAX fill in everything.
+  plan = distributed.plan(distributed.Settings(), environ=slurm)
+  assert plan["coordinator_address"] is None and plan["num_processes"] is None
+  assert distributed.plan(distributed.Settings(mode="on"), environ={}) is not None
+
+
+# --- a real run: launch/local.sh, 2 processes, the synthetic pair, through main's flags ---
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "configs", "synthetic.py")),
+                    reason="needs configs/synthetic.py")
+def test_local_launch_runs_two_processes(tmp_path):
+  workdir = tmp_path / "mp"
+  env = dict(os.environ, MERLIN_JAX_TENSORBOARD="0", PYTHON=sys.executable)
+  env.pop("DRY_RUN", None)
+  out = subprocess.run(
+      ["bash", os.path.join(ROOT, "launch", "local.sh"), "--processes=2", "--devices=1",
+       "--timeout=300", "--config=configs/synthetic.py", f"--workdir={workdir}", "--",
+       "--config.total_steps=2", "--config.eval.every=2", "--config.checkpoint_every=2"],
+      env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:] + _log(workdir / "process_1.log")
+  from merlin_jax.metrics import read_jsonl
+  records = read_jsonl(str(workdir / "metrics.jsonl"))
+  assert records[-1]["final"] and records[-1]["step"] == 2
+  assert os.listdir(workdir / "checkpoints")
+
+
+def _log(path):
+  return path.read_text()[-2000:] if path.exists() else ""

@@ -1,0 +1,184 @@
+"""Scaling out on this CPU: the same MeRLin run on 1, 2 and 4 (fake) devices, with parameters
+replicated and FSDP-sharded, two processes joined by jax.distributed (gloo), and a checkpoint
+written on 2 devices restored on 1 and 4.
+
+Each device count is one subprocess (XLA's device count is fixed at start-up) that runs
+several tiny `train_and_evaluate` calls; the subprocesses share a persistent compilation
+cache. The whole module takes about 2-3 minutes on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from merlin_jax.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL = 5e-4     # reduction order differs between meshes (notes/JAX_CPU.md): not bitwise
+STEPS = 6
+BASE = {"total_steps": STEPS, "eval.every": 3, "checkpoint_every": 3, "batch_size": 16,
+        "optimizer.lr": 3e-2, "inner.lr": 0.5,   # learns in 3 steps: step 3 gets selected
+        "mesh.fsdp_min_size": 32}   # tiny model: shard every leaf with >= 32 elements
+
+# One subprocess: optionally join a distributed run, then do the listed runs in order.
+_SCRIPT = textwrap.dedent("""
+    import json, os, shutil, sys
+    sys.path.insert(0, {root!r})
+    spec = json.loads({spec!r})
+    import jax
+    jax.config.update("jax_compilation_cache_dir", spec["cache"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from merlin_jax import distributed
+    if spec.get("process_id") is not None:
+      distributed.initialize(distributed.Settings(
+          mode="on", coordinator_address=spec["coordinator"], num_processes=spec["num_processes"],
+          process_id=spec["process_id"], timeout_s=120))
+    from merlin_jax.data import pipeline
+    from tests import fake_data
+    pipeline.load_transfer_data = fake_data.load_fake
+    from merlin_jax import train
+    for run in spec["runs"]:
+      if run.get("copy_from") and jax.process_index() == 0:
+        shutil.copytree(run["copy_from"], run["workdir"], dirs_exist_ok=True)
+      if run.get("snapshot_to") is None:
+        cfg = fake_data.tiny_config("merlin", **run["overrides"])
+        train.train_and_evaluate(cfg, run["workdir"])
+      elif jax.process_index() == 0:
+        shutil.copytree(run["workdir"], run["snapshot_to"])
+    print("DEVICES", jax.device_count(), "PROCESSES", jax.process_count())
+""")
+
+
+def _command(spec):
+  return [sys.executable, "-c", _SCRIPT.format(root=ROOT, spec=json.dumps(spec))]
+
+
+def _env(devices_per_process):
+  return dict(os.environ, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+
+
+def _run(devices, runs, cache):
+  out = subprocess.run(_command({"runs": runs, "cache": cache}), env=_env(devices),
+                       capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert f"DEVICES {devices} PROCESSES 1" in out.stdout
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(n, runs, cache):
+  coordinator = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      _command({"runs": runs, "cache": cache, "coordinator": coordinator, "num_processes": n,
+                "process_id": i}), env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(n)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=400))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (stdout, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-4000:]
+    assert f"DEVICES {n} PROCESSES {n}" in stdout
+
+
+def _run_spec(workdir, **overrides):
+  return {"workdir": str(workdir), "overrides": dict(BASE, **overrides)}
+
+
+def _records(workdir):
+  return read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def _losses(workdir):
+  by_step = {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def _evals(workdir):
+  """{step: target_val_loss} of the periodic evaluations (last record per step wins)."""
+  return {r["step"]: r["target_val_loss"] for r in _records(workdir) if "target_val_loss" in r}
+
+
+def _final(workdir):
+  return [r for r in _records(workdir) if r.get("final")][-1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Runs everything once; the tests below compare the results."""
+  d = tmp_path_factory.mktemp("scale")
+  cache = str(d / "jax_cache")
+  # 2 devices: a replicated run interrupted at step 3 (snapshot kept) and resumed to 6,
+  # and an FSDP run.
+  _run(2, [_run_spec(d / "rep2", total_steps=3),
+           {"workdir": str(d / "rep2"), "snapshot_to": str(d / "ckpt2")},
+           _run_spec(d / "rep2"),
+           _run_spec(d / "fsdp2", **{"mesh.param_sharding": "fsdp"})], cache)
+  # 1 and 4 devices: the same runs, and the 2-device step-3 checkpoint restored: evaluated
+  # as is (total_steps=3: final evaluation of the restored model), then trained on to 6.
+  restore = lambda name, **kw: [  # noqa: E731
+      dict(_run_spec(d / f"{name}_eval", total_steps=3, **kw), copy_from=str(d / "ckpt2")),
+      dict(_run_spec(d / name, **kw), copy_from=str(d / "ckpt2"))]
+  _run(1, [_run_spec(d / "rep1")] + restore("restore1"), cache)
+  _run(4, [_run_spec(d / "rep4"),
+           _run_spec(d / "fsdp4", **{"mesh.param_sharding": "fsdp"}),
+           _run_spec(d / "model4", **{"mesh.model": 2, "mesh.param_sharding": "fsdp"})]
+       + restore("restore4", **{"mesh.param_sharding": "fsdp"}), cache)
+  # 2 processes x 1 device (jax.distributed, gloo): FSDP across the processes, 3 steps,
+  # checkpoint, then a resume to 6 in the same processes.
+  _run_processes(2, [_run_spec(d / "dist", total_steps=3, **{"mesh.param_sharding": "fsdp"}),
+                     _run_spec(d / "dist", **{"mesh.param_sharding": "fsdp"})], cache)
+  return d
+
+
+@pytest.mark.parametrize("name", ["rep2", "fsdp2", "rep4", "fsdp4", "model4"])
+def test_same_losses_on_1_2_4_devices_replicated_and_fsdp(runs, name):
+  reference = _losses(runs / "rep1")
+  assert len(reference) == STEPS and np.all(np.isfinite(reference))
+  np.testing.assert_allclose(_losses(runs / name), reference, rtol=RTOL)
+  ref_evals, evals = _evals(runs / "rep1"), _evals(runs / name)
+  assert sorted(evals) == sorted(ref_evals) == [0, 3, 6]
+  np.testing.assert_allclose([evals[s] for s in sorted(evals)],
+                             [ref_evals[s] for s in sorted(ref_evals)], rtol=RTOL)
+  assert _final(runs / name)["target_test_accuracy"] == pytest.approx(
+      _final(runs / "rep1")["target_test_accuracy"], abs=1e-6)
+
+
+def test_two_processes_with_jax_distributed_match_single_process(runs):
+  # Steps 1-3, a checkpoint, a resume and steps 4-6 over two processes == one process.
+  np.testing.assert_allclose(_losses(runs / "dist"), _losses(runs / "rep1"), rtol=RTOL)
+  assert sorted(int(s) for s in os.listdir(runs / "dist" / "checkpoints") if s.isdigit()) == [3, 6]
+  assert (runs / "dist" / "model.safetensors").exists()   # FSDP leaves gathered for export
+  assert _final(runs / "dist")["target_test_accuracy"] == pytest.approx(
+      _final(runs / "rep1")["target_test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["restore1", "restore4"])
+def test_checkpoint_from_2_devices_restores_on_1_and_4(runs, name):
+  saved = _final(runs / "ckpt2")
+  # Resumed with total_steps=3: no training, the final evaluation of the restored model.
+  assert saved["selected_step"] == 3   # a trained model, not the initial one
+  restored = _final(runs / f"{name}_eval")
+  assert restored is not saved and _records(runs / f"{name}_eval").count(saved) == 0
+  for key in ("target_test_accuracy", "best_target_val_accuracy", "selected_step"):
+    assert restored[key] == pytest.approx(saved[key], abs=1e-6), key
+  # Training on from the restored state (params + Adam moments) gives the same losses.
+  np.testing.assert_allclose(_losses(runs / name), _losses(runs / "rep2"), rtol=RTOL)
+  np.testing.assert_allclose(_evals(runs / name)[6], _evals(runs / "rep2")[6], rtol=RTOL)
