@@ -110,6 +110,12 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
       plot_pair(name, pair_root, rows, plot_path)
       text += ["", f"![{name}: target validation accuracy over steps]({plots}/suite_{name}.png)"]
     sections.append("\n".join(text))
+    if workspace:  # after every pair, so a long suite shows its progress
+      _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0)
+  return _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0)
+
+
+def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0) -> str:
   command = ("python -m merlin_jax.experiments.suite " + " ".join(
       [f"--pairs={','.join(pairs)}", f"--methods={','.join(methods)}",
        f"--seeds={','.join(map(str, seeds))}", f"--steps={steps}", f"--eval_every={eval_every}"]
@@ -118,6 +124,8 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
             f"target validation every {eval_every} steps; seeds {', '.join(map(str, seeds))}; "
             f"total wall time {(time.time() - t0) / 60:.1f} min on this machine.\n")
   text = header + "\n" + "\n\n".join(sections)
+  if len(sections) < len(pairs):
+    text += f"\n\n(In progress: {len(sections)} of {len(pairs)} pairs done.)"
   if workspace:
     write_section(workspace, text)
   return text
