@@ -91,7 +91,7 @@ def param_spec(shape, mesh: Mesh, mode: str = "replicated", min_size: int = 2**1
     free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % n == 0]
     if free:   # the largest divisible axis (the first on ties)
       spec[max(free, key=lambda i: (shape[i], -i))] = axis_name
-  return P(*spec)
+  return P(*spec) if any(spec) else P()
 
 
 def state_shardings(mesh: Mesh, tree, mode: str = "replicated", min_size: int = 2**14):

@@ -182,3 +182,35 @@ def test_checkpoint_from_2_devices_restores_on_1_and_4(runs, name):
   # Training on from the restored state (params + Adam moments) gives the same losses.
   np.testing.assert_allclose(_losses(runs / name), _losses(runs / "rep2"), rtol=RTOL)
   np.testing.assert_allclose(_evals(runs / name)[6], _evals(runs / "rep2")[6], rtol=RTOL)
+
+
+# --- placement rules (no devices needed) ------------------------------------------------
+
+
+class _Mesh:
+  def __init__(self, data, model=1):
+    self.shape = {"data": data, "model": model}
+
+
+@pytest.mark.parametrize("shape, mesh, mode, spec", [
+    ((3, 3, 64, 128), _Mesh(8), "fsdp", (None, None, None, "data")),     # largest divisible
+    ((30522, 384), _Mesh(4), "fsdp", (None, "data")),                   # 30522 % 4 != 0
+    ((64, 64), _Mesh(4), "fsdp", ("data", None)),                       # ties: first axis
+    ((7, 9, 11), _Mesh(2), "fsdp", ()),                                 # indivisible: replicated
+    ((128,), _Mesh(4), "fsdp", ()),                                     # small: replicated
+    ((), _Mesh(4), "fsdp", ()),                                         # scalars (step, count)
+    ((3, 3, 64, 128), _Mesh(8), "replicated", ()),
+    ((256, 512), _Mesh(2, 2), "replicated", (None, "model")),           # 'model' always splits
+    ((256, 512), _Mesh(2, 2), "fsdp", ("model", "data")),               # data first: 512
+])
+def test_param_spec(shape, mesh, mode, spec):
+  from jax.sharding import PartitionSpec as P
+  from merlin_jax import sharding
+  assert sharding.param_spec(shape, mesh, mode, min_size=1024) == P(*spec)
+
+
+def test_param_spec_rejects_unknown_mode():
+  from merlin_jax import sharding
+  from merlin_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="mesh.param_sharding"):
+    sharding.param_spec((8, 8), _Mesh(2), "zero3")
