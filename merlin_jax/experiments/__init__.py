@@ -1,0 +1,1 @@
+"""Small, self-contained experiments (simulations) built on the merlin_jax library."""

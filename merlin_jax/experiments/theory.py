@@ -1,0 +1,457 @@
+"""A simulation of the paper's theory setting (Liu et al., arXiv 2011.01418, "theory" part).
+
+The paper proves, for a quadratic neural network and a source distribution with a
+transferable and a source-specific feature, that MeRLin recovers the target ground truth
+while pre-training and joint training do not. Its exact model is not available to us
+(see shared/paper/notes.md), so the design below is OURS, not the paper's (DESIGN_MD has
+the long version, docs/theory.md the results):
+
+  features   h_phi(x) = ((phi_j . x)^2)_{j<m},  phi in R^{m x d};  prediction h_phi(x) @ w + b
+  u, V       a random unit vector u and an orthonormal basis V [d, k] of a subspace orthogonal
+             to u (seeded)
+  target     x ~ N(0, I_d),  y = (u . x)^2 + sigma eps;  n_target <= k < d examples
+  source     the V-part of x is replaced by sqrt(c) |u . x| xi (xi uniform on V's sphere), so
+             y = (u . x)^2 = |P_V x|^2 / c: u (transferable) and V (source-specific, cheaper
+             under weight decay when c > k^1.5) both explain the source label; in the target the
+             k V-features are noise a head can memorise D_t with. `collinear=True` (k = 1) gives
+             the 1-dim variant v . x = sqrt(c) (u . x).
+  methods    pre-training (+ ridge head refit on D_t), joint training, MeRLin with a closed-form
+             ridge inner head (differentiable through the solve) on resampled D_t^tr / D_t^val
+  metrics    target test MSE, max_j cos^2(phi_j, u), energy of phi in V and in u, over steps
+
+Run: python -m merlin_jax.experiments.theory --seeds=3 --out=docs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from merlin_jax import inner
+
+METHODS = ("pretrain", "joint", "merlin")
+LABELS = {"pretrain": "pre-training + ridge refit", "joint": "joint training",
+          "merlin": "MeRLin (ridge inner)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TheoryConfig:
+  d: int = 40                 # input dimension
+  width: int = 28             # m hidden units (>= k: room for the signature plus spare units)
+  k: int = 24                 # dim of the source-specific subspace V (>= n_target)
+  collinear: bool = False     # k = 1 only: v . x = sqrt(c) (u . x) (not sqrt(c) |u . x| * random sign)
+  c: float = 235.0            # source: |P_V x|^2 = c (u . x)^2  (c > k^1.5: V is the cheaper solution)
+  n_source: int = 1000
+  n_target: int = 20          # < k < d: memorisable through the signature units
+  n_holdout: int = 30         # extra target examples, only for choosing the refit ridge lambda
+  n_test: int = 2000
+  target_noise: float = 0.1   # sigma on target labels
+  steps: int = 2000
+  lr: float = 1e-2
+  weight_decay: float = 1e-3
+  init_scale: float = 0.1     # phi_j ~ N(0, init_scale^2 / d I)
+  ridge_lambda: float = 1e-2  # inner ridge lambda (see ridge_relative)
+  ridge_relative: bool = True # lambda * mean diagonal of the centred feature Gram (scale-free) or absolute
+  inner_train: int = 14       # |D_t^tr| per MeRLin step; |D_t^val| = n_target - inner_train
+  alpha: float = 0.5          # joint
+  rho: float = 1.0            # MeRLin
+  eval_every: int = 50
+
+
+# ----------------------------------------------------------------------------- data
+
+def directions(key, d, k):
+  """A random unit vector u in R^d and an orthonormal basis V [d, k] of a subspace orthogonal to u."""
+  q, _ = jnp.linalg.qr(jax.random.normal(key, (d, k + 1)))
+  return q[:, 0], q[:, 1:]
+
+
+def make_data(cfg: TheoryConfig, seed: int):
+  """Seeded source / target / holdout / test sets. Returns a dict of arrays."""
+  k_dir, k_s, k_t, k_h, k_te, k_n1, k_n2, k_n3 = jax.random.split(jax.random.PRNGKey(seed), 8)
+  u, v = directions(k_dir, cfg.d, cfg.k)
+  k_z, k_xi = jax.random.split(k_s)
+  z = jax.random.normal(k_z, (cfg.n_source, cfg.d))
+  xi = jax.random.normal(k_xi, (cfg.n_source, cfg.k))
+  xi = xi / jnp.linalg.norm(xi, axis=1, keepdims=True)
+  if cfg.collinear:
+    xi = jnp.sign(z @ u)[:, None] * jnp.ones((cfg.n_source, cfg.k)) / jnp.sqrt(cfg.k)
+  # replace the V-part of z by the signature sqrt(c) |u . z| xi: |P_V x|^2 = c (u . x)^2
+  x_s = z - (z @ v) @ v.T + (jnp.sqrt(cfg.c) * jnp.abs(z @ u))[:, None] * (xi @ v.T)
+  y_s = (x_s @ u) ** 2
+
+  def target(k, kn, n):
+    x = jax.random.normal(k, (n, cfg.d))
+    return x, (x @ u) ** 2 + cfg.target_noise * jax.random.normal(kn, (n,))
+
+  x_t, y_t = target(k_t, k_n1, cfg.n_target)
+  x_h, y_h = target(k_h, k_n2, cfg.n_holdout)
+  x_te, _ = target(k_te, k_n3, cfg.n_test)
+  y_te = (x_te @ u) ** 2          # test error against the noiseless ground truth
+  return dict(u=u, v=v, x_s=x_s, y_s=y_s, x_t=x_t, y_t=y_t, x_h=x_h, y_h=y_h,
+              x_te=x_te, y_te=y_te)
+
+
+# ----------------------------------------------------------------------------- model
+
+def features(phi, x):
+  """h_phi(x) = ((phi_j . x)^2)_j : [N, m]."""
+  return (x @ phi.T) ** 2
+
+
+def predict(phi, head, x):
+  return features(phi, x) @ head["w"] + head["b"]
+
+
+def mse(pred, y):
+  return jnp.mean((pred - y) ** 2)
+
+
+def fit_head_ridge_regression(feats, y, lam_rel: float, relative: bool = True):
+  """argmin_{w,b} |F w + b - y|^2 + lam |w|^2, lam = lam_rel * mean diag of centered F^T F.
+
+  inner.fit_head_ridge only fits one-hot (classification) targets, so this is the same
+  solve (centering for the unpenalised bias, primal or dual form, differentiable through
+  jnp.linalg.solve) for a real-valued target. The relative lambda makes the head
+  invariant to rescaling phi.
+  """
+  f_mean, y_mean = jnp.mean(feats, axis=0), jnp.mean(y)
+  fc, yc = feats - f_mean, y - y_mean
+  n, m = feats.shape
+  gram = fc.T @ fc
+  lam = (lam_rel * jnp.trace(gram) / m if relative else lam_rel * n) + 1e-12
+  if m <= n:
+    w = jnp.linalg.solve(gram + lam * jnp.eye(m, dtype=feats.dtype), fc.T @ yc)
+  else:
+    w = fc.T @ jnp.linalg.solve(fc @ fc.T + lam * jnp.eye(n, dtype=feats.dtype), yc)
+  return {"w": w, "b": y_mean - f_mean @ w}
+
+
+def meta_target_loss_regression(icfg: inner.InnerConfig, phi, x_tr, y_tr, x_val, y_val,
+                                relative: bool = True):
+  """L_meta,t(phi) = MSE on D_t^val of the ridge head fitted on D_t^tr (cf. inner.meta_target_loss)."""
+  head = fit_head_ridge_regression(features(phi, x_tr), y_tr, icfg.ridge_lambda, relative)
+  if icfg.first_order:
+    head = jax.lax.stop_gradient(head)
+  return mse(predict(phi, head, x_val), y_val)
+
+
+def energy_fraction(phi, basis):
+  """|phi basis|_F^2 / |phi|_F^2 in [0, 1]; basis: a unit vector [d] or orthonormal [d, k]."""
+  return jnp.sum((phi @ basis) ** 2) / jnp.sum(phi ** 2)
+
+
+def best_unit_cos2(phi, direction):
+  """max_j cos^2(phi_j, direction): does some unit compute the feature (direction . x)^2?"""
+  return jnp.max((phi @ direction) ** 2 / (jnp.sum(phi ** 2, axis=1) + 1e-30))
+
+
+def l2(tree):
+  return sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- methods
+
+def init_params(cfg: TheoryConfig, key):
+  k_phi, k_s, k_t = jax.random.split(key, 3)
+  head = lambda k: {"w": jax.random.normal(k, (cfg.width,)) / jnp.sqrt(cfg.width),
+                    "b": jnp.zeros(())}
+  phi = cfg.init_scale * jax.random.normal(k_phi, (cfg.width, cfg.d)) / jnp.sqrt(cfg.d)
+  return {"phi": phi, "head_s": head(k_s), "head_t": head(k_t)}
+
+
+def _penalty(params, with_target_head: bool):
+  p = l2(params["phi"]) + l2(params["head_s"]["w"])
+  if with_target_head:
+    p = p + l2(params["head_t"]["w"])
+  return 0.5 * p
+
+
+def make_loss(cfg: TheoryConfig, method: str):
+  icfg = inner.InnerConfig(kind="ridge", ridge_lambda=cfg.ridge_lambda)
+  n_val = cfg.n_target - cfg.inner_train
+
+  def loss_fn(params, data, key):
+    phi = params["phi"]
+    l_s = mse(predict(phi, params["head_s"], data["x_s"]), data["y_s"])
+    if method == "pretrain":
+      return l_s + cfg.weight_decay * _penalty(params, False)
+    if method == "joint":
+      l_t = mse(predict(phi, params["head_t"], data["x_t"]), data["y_t"])
+      return ((1 - cfg.alpha) * l_s + cfg.alpha * l_t
+              + cfg.weight_decay * _penalty(params, True))
+    if method == "merlin":
+      tr, va = inner.resample_target_split(key, cfg.n_target, cfg.inner_train, n_val)
+      l_meta = meta_target_loss_regression(icfg, phi, data["x_t"][tr], data["y_t"][tr],
+                                           data["x_t"][va], data["y_t"][va], cfg.ridge_relative)
+      return l_s + cfg.rho * l_meta + cfg.weight_decay * _penalty(params, False)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+  return loss_fn
+
+
+REFIT_LAMBDAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def target_head(cfg: TheoryConfig, method: str, params, data):
+  """The method's target predictor head.
+
+  joint: its own jointly trained head_t. pretrain / merlin: a closed-form ridge head refitted
+  on all of D_t, its relative lambda chosen from REFIT_LAMBDAS on the held-out target split
+  (x_h, y_h) -- never on the test set.
+  """
+  if method == "joint":
+    return params["head_t"]
+  phi = params["phi"]
+  f_t = features(phi, data["x_t"])
+  heads = [fit_head_ridge_regression(f_t, data["y_t"], lam) for lam in REFIT_LAMBDAS]
+  errs = jnp.stack([mse(predict(phi, h, data["x_h"]), data["y_h"]) for h in heads])
+  best = jnp.argmin(errs)
+  return jax.tree.map(lambda *xs: jnp.stack(xs)[best], *heads)
+
+
+def evaluate(cfg, method, params, data):
+  phi = params["phi"]
+  head = target_head(cfg, method, params, data)
+  return {
+      "test_mse": mse(predict(phi, head, data["x_te"]), data["y_te"]),
+      "holdout_mse": mse(predict(phi, head, data["x_h"]), data["y_h"]),
+      "target_train_mse": mse(predict(phi, head, data["x_t"]), data["y_t"]),
+      "source_mse": mse(predict(phi, params["head_s"], data["x_s"]), data["y_s"]),
+      "align_u": energy_fraction(phi, data["u"]),
+      "align_v": energy_fraction(phi, data["v"]),
+      "best_u": best_unit_cos2(phi, data["u"]),
+  }
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train(cfg: TheoryConfig, method: str, data, key):
+  loss_fn = make_loss(cfg, method)
+  opt = optax.adam(cfg.lr)
+  k_init, k_run = jax.random.split(key)
+  params = init_params(cfg, k_init)
+  state = opt.init(params)
+
+  def step(carry, k):
+    params, state = carry
+    g = jax.grad(loss_fn)(params, data, k)
+    updates, state = opt.update(g, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  def chunk(carry, k):
+    carry, _ = jax.lax.scan(step, carry, jax.random.split(k, cfg.eval_every))
+    return carry, evaluate(cfg, method, carry[0], data)
+
+  n_evals = cfg.steps // cfg.eval_every
+  first = evaluate(cfg, method, params, data)
+  (params, _), hist = jax.lax.scan(chunk, (params, state), jax.random.split(k_run, n_evals))
+  hist = jax.tree.map(lambda a, h: jnp.concatenate([a[None], h]), first, hist)
+  return params, hist
+
+
+def run(cfg: TheoryConfig, method: str, seed: int):
+  """Train one method on one seed. Returns (params, history dict of [n_evals + 1] arrays)."""
+  data = make_data(cfg, seed)
+  params, hist = _train(cfg, method, data, jax.random.PRNGKey(1000 + seed))
+  return params, {k: np.asarray(v) for k, v in hist.items()}
+
+
+# ----------------------------------------------------------------------------- main
+
+VARIANTS = {
+    "main": {},
+    "no_weight_decay": {"weight_decay": 0.0},
+}
+SUMMARY_KEYS = ("test_mse", "target_train_mse", "source_mse", "best_u", "align_u", "align_v")
+
+
+def run_all(cfg: TheoryConfig, seeds: int):
+  """{method: {metric: [seeds, n_evals + 1]}}."""
+  out = {}
+  for method in METHODS:
+    hists = [run(cfg, method, seed)[1] for seed in range(seeds)]
+    out[method] = {k: np.stack([h[k] for h in hists]) for k in hists[0]}
+  return out
+
+
+def _fmt(a):
+  return f"{np.mean(a):.3f} ± {np.std(a):.3f}"
+
+
+def table(results) -> str:
+  rows = ["| method | target test MSE | target train MSE | source MSE | max_j cos²(φ_j, u) "
+          "| energy in u | energy in V |", "|---|---|---|---|---|---|---|"]
+  for method, h in results.items():
+    cells = [_fmt(h[k][:, -1]) for k in SUMMARY_KEYS]
+    rows.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
+def plot(results, cfg: TheoryConfig, path: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = np.arange(cfg.steps // cfg.eval_every + 1) * cfg.eval_every
+  panels = [("test_mse", "target test MSE (noiseless y)"),
+            ("best_u", "max_j cos²(φ_j, u)  (transferable)"),
+            ("align_v", "|φ P_V|²_F / |φ|²_F  (source-specific)")]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, (key, title) in zip(axes, panels):
+    for method, h in results.items():
+      mean, std = h[key].mean(0), h[key].std(0)
+      ax.plot(steps, mean, label=LABELS[method])
+      ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("outer step")
+  axes[0].axhline(2.0, color="gray", ls=":", lw=1, label="Var(y) = 2 (predict the mean)")
+  axes[0].set_ylim(0, 4)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"quadratic-net simulation (our design): d={cfg.d}, k={cfg.k}, n_t={cfg.n_target}, "
+               f"m={cfg.width}, wd={cfg.weight_decay}; mean ± std over seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+DESIGN_MD = """\
+## Design (ours, not the paper's)
+
+The paper's theorem (quadratic network; source with transferable and source-specific features)
+is not available here, so this simulation and every setting below are our choices.
+
+* Representation: `h_phi(x) = ((phi_j . x)^2)_{j<m}`, `phi in R^{m x d}`; heads are linear
+  (+ bias) on these features. Source head `theta_s`; target head `theta_t`.
+* Directions: a random unit vector `u` (transferable) and an orthonormal basis `V` of a
+  `k`-dim subspace orthogonal to `u` (source-specific "signature"), drawn per seed.
+* Target: `x ~ N(0, I_d)`, `y = (u . x)^2 + 0.1 eps`; `n_t < k < d` labelled examples (D_t),
+  a separate target hold-out set (used only to pick the refit ridge lambda), and 2000 test
+  points scored against the noiseless `(u . x)^2` (`Var(y) = 2`: MSE 2 = predicting the mean).
+  The signature coordinates `P_V x` are pure noise here.
+* Source (n_s = 1000): `x = z` with its V-part replaced by `sqrt(c) |u . z| xi`, `xi` uniform on
+  the unit sphere of V, so `|P_V x|^2 = c (u . x)^2` and `y = (u . x)^2 = |P_V x|^2 / c`
+  exactly: the label is explained by u **and** by V (a rank-k quadratic form). With
+  c > k^1.5 the V solution is the cheaper one under weight decay on (phi, theta_s) (that
+  penalty acts like a Schatten-2/3 quasi-norm of the quadratic form: V costs k c^(-2/3), u costs 1).
+  The V solution needs k units; in the target those k units are k independent noise features,
+  enough for a linear head to interpolate n_t <= k points (memorisation, as with the paper's
+  CIFAR "signature" half-images).
+* Methods, all full-batch Adam (optax, lr 1e-2), explicit weight decay `wd/2 |.|^2` on phi and the
+  heads trained by gradient, small random init:
+  * pre-training: `L_s(theta_s, phi)` + wd; then a closed-form ridge head is refitted on all of D_t.
+  * joint training: `(1-alpha) L_s + alpha L_t(theta_t, phi)` + wd, alpha = 0.5 fixed; scored with its own `theta_t`.
+  * MeRLin: `L_s + rho L_meta,t(phi)` + wd, rho = 1 fixed. `L_meta,t`: a fresh random split of D_t
+    each step (`inner.resample_target_split`), a closed-form ridge head on the D_t^tr features
+    (relative lambda 1e-2, differentiable through `jnp.linalg.solve`), MSE on D_t^val. The ridge is
+    implemented in `theory.py` because `inner.fit_head_ridge` only fits one-hot class targets;
+    it is the same centred primal/dual solve for a real-valued target. Scored with a ridge head
+    refitted on all of D_t.
+* Hyper-parameters: alpha and rho are fixed at principled values (equal weight / rho = 1), not tuned.
+  The refit ridge lambda (pre-training, MeRLin) is chosen per evaluation from
+  {1e-3, 1e-2, 0.1, 1, 10} (relative to the mean feature variance) on the target hold-out set.
+  Nothing is selected on target test error.
+* Metrics: target test MSE; `max_j cos^2(phi_j, u)` (does some unit compute the transferable
+  feature?); the fraction of phi's energy in V, `|phi P_V|_F^2 / |phi|_F^2`, and in u.
+"""
+
+
+FINDINGS_MD = """\
+## What we found (read with the tables above)
+
+**The paper's ordering emerges only weakly in this simulation, and MeRLin does not recover u.**
+
+* Pre-training behaves as the paper says: phi ends almost entirely in the source-specific
+  subspace V (energy in V ~ 0.9-0.95, no unit aligned with u), and a head refitted on D_t
+  does no better than predicting the mean (test MSE ~ Var(y) = 2 or worse).
+* Joint training behaves as the paper says, too: it keeps most of phi in V and drives the
+  target *train* error to ~0 (memorisation through the noise features) while its target
+  test error stays at ~2.
+* MeRLin has the lowest mean target test error and the highest u-alignment of the three,
+  but the margins are within one standard deviation over seeds, its test error is
+  still near the predict-the-mean level, and its best unit only reaches
+  cos^2(phi_j, u) ~ 0.3. It does not recover the target ground truth in this design.
+* Without weight decay (second table) the picture is the same: pre-training still picks V
+  (gradient descent from a small init grows the V directions first, because the source's
+  signal is c/k times stronger there), joint still memorises, MeRLin is still only marginally better.
+
+Why, in our reading: with n_t < d the target set alone does not identify u (this is
+phase retrieval with fewer samples than dimensions), and the meta-objective is computed on
+the same fixed D_t. The validation term punishes memorisation *by the head* on a fixed
+representation, but a spare unit of phi can itself memorise D_t (one rank-1 unit can
+interpolate n_t < d points), after which the ridge head fitted on D_t^tr predicts D_t^val
+too: the validation loss can be made small without u. Consistent with this, MeRLin's
+refitted head fits D_t far better than the mean (train MSE ~0.15 vs Var(y) = 2) while its
+test error stays near 2, and its best unit is only partly aligned with u (a mixture of u and
+directions fitted to the particular D_t). Removing the spare units does not help MeRLin either (below).
+
+Other variants we tried during exploration (seed 0 only, 2000-3000 steps, earlier versions of
+this file; not re-run by this command, numbers as we observed them; "bu" = max_j cos^2(phi_j, u);
+rows marked * refitted the ridge with a fixed relative lambda 1e-2 instead of the hold-out choice,
+which inflates the pre-training error):
+
+| variant | pre-train test / bu | joint test / bu | MeRLin test / bu |
+|---|---|---|---|
+| * 1-dim v, v.x = 2 u.x (the issue's suggestion), d=50, n_t=30, m=8; energy in u instead of bu | 1.87 / 0.20 | 2.05 / 0.14 | 2.21 / 0.08 (train MSE 0: phi memorised D_t) |
+| * same, absolute inner ridge lambda 0.1 (spare units must pay weight decay to matter), wd 1e-2 | 1.84 / 0.20 | 2.16 / 0.30 | 1.82 / 0.46 |
+| same as the first row, m=1 (no spare unit) | 1.84 / 0.21 | **0.003 / 1.00** | 1.77 / 0.39 |
+| * V-signature, d=20, k=15, n_t=40 (n_t > d), m=64 | 4.40 / 0.18 | **0.48 / 0.89** | 0.60 / 0.92 |
+| * same, n_t=60 | 2.94 / 0.18 | **0.02 / 1.00** | 0.19 / 0.98 |
+
+So, in our simulations: when the representation cannot memorise D_t (m = 1) or when D_t is
+large enough to identify u (n_t > d), joint training already recovers u and is at least as
+good as MeRLin; when D_t is memorisable (n_t < d), joint training fails as the paper says,
+but MeRLin fails too because phi itself memorises D_t. We did not find a setting of this
+family in which MeRLin clearly beats both baselines; the paper's theorem presumably relies on
+assumptions (its exact model, regularisation or sample sizes) that our design does not
+reproduce.
+
+The fast test (`tests/test_theory.py`, 1000 steps, seed 0) asserts the ordering; at those
+settings it holds on seed 0 (test MSE: MeRLin 1.59, joint 1.94, pre-training 2.56; best-unit
+cos^2 with u: 0.43 vs 0.02) but not on seeds 1 and 2 (there MeRLin is between or level with
+the baselines). It is a regression check of this code path, not evidence of a robust effect.
+"""
+
+
+def write_doc(path, args, base, results, runtime):
+  with open(path, "w") as f:
+    f.write("# MeRLin theory simulation: quadratic network, transferable vs source-specific features\n\n")
+    f.write(f"Command: `python -m merlin_jax.experiments.theory --seeds={args.seeds} --out={args.out}`  \n")
+    f.write(f"Runtime: {runtime:.0f} s on a 2-core CPU (shared), jax {jax.__version__}, "
+            f"float32; {args.seeds} seeds (0..{args.seeds - 1}).  \n")
+    f.write("Plot: `docs/theory.png` (main variant; mean ± std bands over seeds).\n\n")
+    f.write(DESIGN_MD + "\n")
+    f.write(f"Config (main variant): `{base}`\n\n")
+    f.write("## Results (final step, mean ± std over seeds)\n\n")
+    for name, res in results.items():
+      f.write(f"### {name} {VARIANTS[name] or ''}\n\n{table(res)}\n\n")
+    f.write(FINDINGS_MD)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--out", default="docs/")
+  args = parser.parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  base = TheoryConfig()
+  t0 = time.time()
+  results = {}
+  for name, overrides in VARIANTS.items():
+    cfg = dataclasses.replace(base, **overrides)
+    results[name] = run_all(cfg, args.seeds)
+    print(f"[{name}] {time.time() - t0:.0f}s\n" + table(results[name]), flush=True)
+  runtime = time.time() - t0
+  plot(results["main"], base, os.path.join(args.out, "theory.png"))
+  write_doc(os.path.join(args.out, "theory.md"), args, base, results, runtime)
+  print(f"total {runtime:.0f}s")
+
+
+if __name__ == "__main__":
+  main()
