@@ -10,6 +10,8 @@ WORKDIR/model.safetensors    the selected model exported flat ('params/backbone/
 from __future__ import annotations
 
 import os
+import shutil
+import time
 
 import jax
 import numpy as np
@@ -43,20 +45,83 @@ def save(mngr: ocp.CheckpointManager, step: int, tree, wait: bool = True) -> Non
     mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, target):
+def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None):
   """Restore the newest readable checkpoint into the structure/shardings of `target`.
 
-  Returns (step, tree) or (None, target) when there is none. A checkpoint that fails to
-  read (half-written, corrupted) is skipped with a warning naming it.
+  Returns (step, tree), or (None, target) when there is none. A checkpoint that fails to
+  read (half-written, corrupted, an empty step dir) is skipped with a warning naming it;
+  when an older one then restores, the unreadable newer ones are moved aside into
+  `<directory>_corrupt/` (kept for inspection, and so that later saves and max_to_keep's
+  clean-up never trip over them or delete the good ones instead) and the log says which
+  step the run resumes from. When none restores, nothing is moved: UserError (a structure
+  that no longer matches the code/config is not a corruption).
+
+  `step`: only that step is acceptable (the model selected at state.best_step); newer
+  steps are ignored (a run killed after saving them replays them anyway).
   """
-  for step in sorted(mngr.all_steps(), reverse=True):
+  candidates = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    candidates = [s for s in candidates if s == step]
+  failed = []
+  for s in candidates:
     try:
-      tree = mngr.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
-      return step, tree
+      # Read through a throw-away manager: a failed read can leave a manager unusable for
+      # saving (an empty step dir makes orbax 0.12 expect Composite args from then on).
+      reader = ocp.CheckpointManager(mngr.directory)
+      try:
+        tree = reader.restore(s, args=ocp.args.StandardRestore(abstract_like(target)))
+      finally:
+        reader.close()
     except Exception as e:  # noqa: BLE001 - any read failure means "not usable"
-      logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one",
-                      step, mngr.directory, type(e).__name__, str(e).splitlines()[0][:200])
+      failed.append((s, f"{type(e).__name__}: {_first_line(e)}"))
+      logging.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous one",
+                      s, mngr.directory, failed[-1][1])
+      continue
+    if failed:
+      moved = quarantine(mngr, [f for f, _ in failed])
+      logging.warning(
+          "RESUMING FROM AN OLDER CHECKPOINT: step(s) %s in %s could not be read (%s) and "
+          "were moved to %s; resuming from step %d (the steps after it are recomputed)",
+          ", ".join(str(f) for f, _ in failed), mngr.directory, failed[0][1], moved, s)
+    return s, tree
+  if failed:
+    raise UserError(
+        f"no checkpoint in {mngr.directory} can be read (step {failed[0][0]}: {failed[0][1]}); "
+        "if the code or config changed, use a new --workdir; to start this run over, move "
+        f"{mngr.directory} away")
+  if step is not None and mngr.all_steps():
+    raise UserError(f"{mngr.directory} has no checkpoint of step {step} (has "
+                    f"{sorted(mngr.all_steps())}); use a new --workdir")
   return None, target
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else ""
+
+
+def quarantine(mngr: ocp.CheckpointManager, steps) -> str:
+  """Move step dirs (and half-written *.orbax-checkpoint-tmp* dirs) of `mngr` into
+  `<directory>_corrupt/`; returns that path. Process 0 moves; all processes reload."""
+  directory = os.fspath(mngr.directory)
+  dest = directory.rstrip("/") + "_corrupt"
+  if jax.process_index() == 0:
+    os.makedirs(dest, exist_ok=True)
+    names = [str(s) for s in steps] + [n for n in os.listdir(directory)
+                                       if ".orbax-checkpoint-tmp" in n]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in names:
+      src = os.path.join(directory, name)
+      if os.path.exists(src):
+        target = os.path.join(dest, name)
+        if os.path.exists(target):
+          target = f"{target}.{stamp}"
+        shutil.move(src, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("merlin_jax.checkpointing.quarantine")
+  mngr.reload()
+  return dest
 
 
 # --- safetensors export / import ------------------------------------------------------

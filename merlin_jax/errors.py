@@ -23,3 +23,13 @@ class DataError(UserError):
 
 class NonFiniteLossError(RuntimeError):
   """A loss or gradient became NaN/inf; training stopped without saving the bad state."""
+
+
+class Preempted(Exception):
+  """SIGTERM (a preemption notice) arrived: a checkpoint of `step` was saved, then training
+  stopped. Rerunning the same command resumes from it; `main` exits with PREEMPTED_EXIT_CODE."""
+
+  def __init__(self, step: int, directory: str):
+    self.step, self.directory = step, directory
+    super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; rerun the "
+                     "same command to resume")

@@ -4,11 +4,18 @@ r"""Command line: parse flags, call `train.train_and_evaluate(config, workdir)`.
   python -m merlin_jax.main --config=configs/digits.py --workdir=/tmp/x \
       --config.method=joint --config.seed=1
 
-Bad input (unknown method, missing data, ...) prints one line naming the fix and exits
-with status 2; `--verbose` shows the traceback.
+Bad input (unknown method or config key, a wrong flag type, a missing config file, missing
+data, ...) prints ONE line `merlin_jax: error: ...` naming the fix on stderr and exits with
+status 2; `--verbose` shows the traceback. Exit status:
+  0   done (WORKDIR/metrics.jsonl ends with the final metrics)
+  2   bad input: nothing already in the workdir was changed
+  3   a loss or gradient became NaN/inf: stopped, the last good checkpoint is kept
+  75  preempted (SIGTERM): a checkpoint of the current step was saved; rerun the same
+      command to resume (EX_TEMPFAIL)
+A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun.
 """
 
-import logging as pylogging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -32,18 +39,60 @@ _DIST_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
                                      "Seconds to wait for all processes to join.")
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Hide the INFO chatter of orbax/tensorflow_datasets; warnings and errors still show."""
+BAD_INPUT_EXIT_CODE = 2
+NON_FINITE_EXIT_CODE = 3
+PREEMPTED_EXIT_CODE = 75
 
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+
+def _fail(message: str, code: int = BAD_INPUT_EXIT_CODE):
+  """One line on stderr (newlines inside the message are folded), then exit."""
+  logging.flush()
+  line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+  print(f"merlin_jax: error: {line}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _flag_error(e: Exception, argv) -> str:
+  overrides = [a for a in argv[1:] if a.startswith(("--config.", "-config."))]
+  if isinstance(e, (AttributeError, KeyError)):   # ml_collections: an unknown key
+    text = str(e).replace("\\n", "\n")
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    key = names[0] if names else "?"
+    arg = next((a for a in overrides if key in a.split("=")[0].split(".")), None)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f"did you mean {hint.group(1)!r}? " if hint else ""
+    return (f"{arg or 'a --config.* flag'}: unknown config key {key!r} ({hint}the keys are "
+            "those of merlin_jax/config_base.py)")
+  if isinstance(e, OSError):                       # the config file: missing or failing
+    path = next((a.split("=", 1)[1] for a in argv[1:]
+                 if a.startswith(("--config=", "-config="))), "?")
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return f"cannot load --config={path}: {lines[-1] if lines else type(e).__name__}"
+  return str(e)                                    # absl's flags.Error: names the flag
+
+
+def parse_flags(argv):
+  """absl's flag parsing, but a bad flag or config prints one line (status 2), no traceback."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.keys()  # a missing or failing config file raises here, not mid-run
+    return rest
+  except Exception as e:  # noqa: BLE001 - flags.Error, OSError, AttributeError, ...
+    if any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=1") for a in argv):
+      raise
+    _fail(_flag_error(e, argv))
+
+
+def run(argv=None):
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+    _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+  from merlin_jax.metrics import quiet_library_logs
+  quiet_library_logs()
   from merlin_jax import errors, train  # after flag parsing: fast --help
   from merlin_jax import distributed
   try:
@@ -51,13 +100,16 @@ def main(argv):
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except errors.Preempted as e:   # not an error: the run continues when rerun
+    logging.flush()
+    print(f"merlin_jax: {e}", file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
   except (errors.UserError, errors.NonFiniteLossError) as e:
     if _VERBOSE.value:
       raise
-    logging.flush()
-    print(f"merlin_jax: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e, NON_FINITE_EXIT_CODE if isinstance(e, errors.NonFiniteLossError)
+          else BAD_INPUT_EXIT_CODE)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run()

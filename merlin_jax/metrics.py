@@ -26,6 +26,8 @@ class MetricWriter:
     if not self.is_main:
       return
     truncate_jsonl(self.path, resume_step)
+    if os.environ.get("MERLIN_JAX_TENSORBOARD", "1") == "0":  # tests: skip TF's import (~15 s)
+      return
     try:  # TensorBoard is optional at run time (clu + tensorboard in requirements.txt)
       from clu import metric_writers
       self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -24,7 +24,8 @@ import optax
 from absl import logging
 
 from merlin_jax import checkpointing, inner as inner_lib, losses, sharding
-from merlin_jax.errors import ConfigError, NonFiniteLossError, UserError
+from merlin_jax import preemption, provenance
+from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
 from merlin_jax.methods import Context, Hyper, Method, get_method
 from merlin_jax.metrics import MetricWriter, read_jsonl, JSONL
 from merlin_jax.models import apply_head, init_head, make_backbone
@@ -360,6 +361,12 @@ def prepare_workdir(config, workdir: str) -> None:
       raise UserError(f"workdir {workdir} holds a run with a different config "
                       f"({k}: {old.get(k)!r} there, {new.get(k)!r} now); use a new --workdir "
                       "or the same config to resume")
+  if has_checkpoints:  # a result labelled total_steps must not come from a later step
+    steps = [int(n) for n in os.listdir(os.path.join(workdir, checkpointing.CHECKPOINTS))
+             if n.isdigit()]
+    if steps and max(steps) > config.total_steps:
+      raise ConfigError("total_steps", f"{config.total_steps}, but the checkpoints in {workdir} "
+                        f"reach step {max(steps)}; use total_steps >= {max(steps)} or a new --workdir")
   if jax.process_index() == 0:
     with open(saved + ".tmp", "w") as f:
       json.dump(_flat_config(config), f, indent=1, sort_keys=True, default=str)
@@ -371,7 +378,16 @@ def prepare_workdir(config, workdir: str) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs `config.method` and returns the final metrics (also the last line of metrics.jsonl)."""
+  """Runs `config.method` and returns the final metrics (also the last line of metrics.jsonl).
+
+  SIGTERM (preemption) during the run: a checkpoint of the current step is saved and
+  `errors.Preempted` raised; running it again resumes (merlin_jax/preemption.py).
+  """
+  with preemption.handle_signals():
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from merlin_jax.data import pipeline  # TensorFlow is imported here, not at module import
 
   method = validate_config(config)
@@ -412,13 +428,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ckpt = checkpointing.make_manager(os.path.join(workdir, checkpointing.CHECKPOINTS),
                                     config.keep_checkpoints)
-  best_mngr = checkpointing.make_manager(os.path.join(workdir, checkpointing.BEST), 1)
+  # The model selected at the best_step of any kept checkpoint must stay restorable (after a
+  # kill, newer bests than the resumed state's are recomputed): keep every best saved since
+  # the oldest kept checkpoint, at most one per eval, plus the one before.
+  best_mngr = checkpointing.make_manager(
+      os.path.join(workdir, checkpointing.BEST),
+      config.keep_checkpoints * -(-config.checkpoint_every // config.eval.every) + 2)
   selected = {"params": state.params, "model_state": state.model_state}
   resumed_step, state = checkpointing.restore_latest(ckpt, state)
   start_step = int(state.step)
   if resumed_step is not None:
     logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
-    _, selected = checkpointing.restore_latest(best_mngr, selected)
+    _, selected = checkpointing.restore_latest(best_mngr, selected, step=int(state.best_step))
+  provenance.record(workdir, config, start_step=start_step)
 
   writer = MetricWriter(workdir, resume_step=start_step)
   train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
@@ -476,6 +498,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(done, m)
     if done % config.checkpoint_every == 0 or done == config.total_steps:
       checkpointing.save(ckpt, done, state)
+    if preemption.requested():  # SIGTERM: checkpoint this step, stop (never in the handler)
+      if ckpt.latest_step() != done:
+        checkpointing.save(ckpt, done, state)
+      logging.warning("preempted (SIGTERM) at step %d: saved checkpoint %d in %s; rerun the "
+                      "same command to resume", done, done, ckpt.directory)
+      writer.close()
+      raise Preempted(done, os.fspath(ckpt.directory))
 
   if int(state.step) == 0 and not ckpt.all_steps():
     checkpointing.save(ckpt, 0, state)

@@ -1,0 +1,199 @@
+"""Bad input at the command line: exit 2, ONE line `merlin_jax: error: ...` on stderr naming
+the fix, no traceback (unless --verbose), and nothing already saved in the workdir changes.
+
+The table runs `merlin_jax.main` in-process through absl's `app.run` (the same flag parsing,
+`main` and error printing as `python -m merlin_jax.main`); a few cases also run as real
+subprocesses, one of them on two CPU devices.
+"""
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
+PREFIX = "merlin_jax: error: "
+
+
+def run_cli(args, capfd, config=CONFIG, workdir=None):
+  """`python -m merlin_jax.main --config=CONFIG --workdir=WORKDIR ARGS` in this process.
+
+  -> (exit code, stderr). Resets absl's flags (and the `--config.*` override flags that
+  ml_collections registers per parse, from sys.argv) so calls are independent.
+  """
+  from absl import flags
+  from merlin_jax import main
+  argv = ["merlin_jax.main"] + ([f"--config={config}"] if config else []) + (
+      [f"--workdir={workdir}"] if workdir else []) + list(args)
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
+  capfd.readouterr()
+  old_argv, sys.argv = sys.argv, argv
+  try:
+    with pytest.raises(SystemExit) as e:
+      main.run(argv)
+  finally:
+    sys.argv = old_argv
+  code = e.value.code
+  return (0 if code is None else code), capfd.readouterr().err
+
+
+def assert_one_line_error(code, err, fragment=None):
+  assert code == 2, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  lines = [l for l in err.splitlines() if l.startswith("merlin_jax:")]
+  assert len(lines) == 1, err[-3000:]
+  assert err.strip().splitlines()[-1] == lines[0]          # the last thing printed
+  if fragment:
+    assert fragment in lines[0], lines[0]
+  return lines[0][len(PREFIX):]
+
+
+def snapshot(workdir):
+  """relative path -> sha256 of every file (checkpoints, best, metrics, config, export...)."""
+  out = {}
+  for f in sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)):
+    if os.path.isfile(f):
+      with open(f, "rb") as fh:
+        out[os.path.relpath(f, workdir)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(autouse=True)
+def no_tensorboard(monkeypatch):
+  monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")   # skips TensorFlow's import
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A workdir with a finished 10-step synthetic run (made through the CLI)."""
+  workdir = tmp_path_factory.mktemp("finished")
+  os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
+  try:
+    code, err = run_cli([], _StderrCapture(), workdir=workdir)
+  finally:
+    os.environ.pop("MERLIN_JAX_TENSORBOARD")
+  assert code == 0, err[-3000:]
+  return workdir
+
+
+class _StderrCapture:
+  """capfd stand-in for a module-scoped fixture (stderr is left alone)."""
+
+  def readouterr(self):
+    return type("Out", (), {"err": "", "out": ""})()
+
+
+# kind -> (flags, expected fragment of the one line, where): where = 'fresh' (a new workdir)
+# or 'finished' (a copy of a finished run's workdir). Every case also runs on a copy of the
+# finished workdir, which must come out byte-identical.
+CASES = {
+    "unknown_method": (["--config.method=merlinn"], "config.method: unknown method 'merlinn'"),
+    "unknown_config_key": (["--config.rhoo=1"], "--config.rhoo=1: unknown config key 'rhoo'"),
+    "wrong_type_float": (["--config.rho=abc"], "--config.rho=abc: could not convert string to float"),
+    "wrong_type_int": (["--config.total_steps=1.5"], "--config.total_steps=1.5: invalid literal for int()"),
+    "inner_steps_negative": (["--config.inner.steps=-1"], "config.inner.steps"),
+    "inner_lr_not_positive": (["--config.inner.lr=0"], "config.inner.lr"),
+    "rho_negative": (["--config.rho=-1"], "config.rho: must be >= 0, got -1"),
+    "unknown_inner_kind": (["--config.inner.kind=newton"], "config.inner.kind"),
+    "alpha_out_of_range_joint": (["--config.method=joint", "--config.alpha=1.5"],
+                                 "config.alpha: joint training needs 0 <= alpha <= 1, got 1.5"),
+    "split_larger_than_target_set": (["--config.split.train_size=100"],
+                                     "config.split: train_size + val_size = 120 exceeds the 40 target"),
+    "labels_outside_head": (["--config.data.num_target_classes=2"],
+                            "config.data.num_target_classes: target_train has labels in [0, 2] but "
+                            "the head has 2 classes"),
+    "empty_target_set": (["--config.data.target.num_train=0"],
+                         "config.data.target.num_train: the target training set is empty"),
+    "unprepared_tfds_dataset": (["--config.data.source.name=usps", "--config.data.target.name=usps",
+                                 "--config.data.data_dir={tmp}/no_such_data_dir",
+                                 "--config.data.num_source_classes=10",
+                                 "--config.data.num_target_classes=10"],
+                                "python -m merlin_jax.data.prepare usps"),
+    "missing_weights_file": (["--config.method=finetune",
+                              "--config.pretrained.path={tmp}/missing.safetensors"],
+                             "missing.safetensors does not exist"),
+    "corrupt_weights_file": (["--config.method=finetune",
+                              "--config.pretrained.path={tmp}/garbage.safetensors"],
+                             "garbage.safetensors is not a readable safetensors file"),
+    "config_file_missing": (["--config={tmp}/no_such_config.py"],
+                            "cannot load --config={tmp}/no_such_config.py: [Errno 2] No such file"),
+    "workdir_not_writable": (["--workdir={tmp}/a_file/run"], "is not writable"),
+    "workdir_is_a_file": (["--workdir={tmp}/a_file"], "is a file"),
+    "missing_workdir_flag": ([], "--workdir must have a value", "no_workdir"),
+    "unexpected_argument": (["train"], "unexpected arguments: train"),
+    "resume_with_different_config": (["--config.rho=0.5"],
+                                     "holds a run with a different config (rho: 1.0 there, 0.5 now)",
+                                     "finished"),
+    "resume_past_total_steps": (["--config.total_steps=5"],
+                                "config.total_steps: 5, but the checkpoints", "finished"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_bad_input_is_one_line_and_harms_nothing(kind, tmp_path, finished, capfd):
+  flags_, fragment, *where = CASES[kind]
+  (tmp_path / "a_file").write_text("not a directory")
+  (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01 not safetensors" * 10)
+  args = [a.replace("{tmp}", str(tmp_path)) for a in flags_]
+  fragment = fragment and fragment.replace("{tmp}", str(tmp_path))
+  config = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), CONFIG)
+  args = [a for a in args if not a.startswith("--config=")]
+  own_workdir = any(a.startswith("--workdir") for a in args) or where == ["no_workdir"]
+  workdir = None if own_workdir else tmp_path / "run"
+  if where == ["finished"]:
+    shutil.copytree(finished, workdir)
+  code, err = run_cli(args, capfd, config=config, workdir=workdir)
+  message = assert_one_line_error(code, err, fragment)
+  print(f"{kind}: {message}")
+  # The same bad command on a finished run's workdir: one line, and every file unchanged.
+  if own_workdir:   # the bad input is the workdir itself: no finished run to harm
+    return
+  if where != ["finished"]:
+    copy = tmp_path / "finished_copy"
+    shutil.copytree(finished, copy)
+    before = snapshot(copy)
+    code, err = run_cli(args, capfd, config=config, workdir=copy)
+    assert_one_line_error(code, err)
+  else:
+    before = snapshot(finished)
+    copy = workdir
+  assert snapshot(copy) == before
+
+
+def test_verbose_shows_the_traceback(tmp_path, capfd):
+  from merlin_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match="config.rho"):
+    run_cli(["--config.rho=-1", "--verbose"], capfd, workdir=tmp_path / "run")
+
+
+# --- the real command line ------------------------------------------------------------------
+
+
+def _subprocess(args, devices=1):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-m", "merlin_jax.main", *args], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  return out.returncode, out.stderr
+
+
+@pytest.mark.parametrize("kind, args, devices, fragment", [
+    ("config_file_missing", ["--config={tmp}/nope.py"], 1, "cannot load --config="),
+    ("unknown_config_key", ["--config=" + CONFIG, "--config.inner.stepz=3"], 1,
+     "--config.inner.stepz=3: unknown config key 'stepz'"),
+    ("batch_not_divisible_by_devices", ["--config=" + CONFIG, "--config.batch_size=15"], 2,
+     "config.batch_size: 15 is not divisible by the 2 devices"),
+])
+def test_bad_input_subprocess(kind, args, devices, fragment, tmp_path):
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args] + [f"--workdir={tmp_path / 'run'}"]
+  code, err = _subprocess(args, devices)
+  message = assert_one_line_error(code, err, fragment)
+  print(f"{kind}: {message}")
