@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -66,36 +67,47 @@ def _env(devices_per_process):
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
 
 
-def _run(devices, runs, cache):
-  out = subprocess.run(_command({"runs": runs, "cache": cache}), env=_env(devices),
-                       capture_output=True, text=True, timeout=400)
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert f"DEVICES {devices} PROCESSES 1" in out.stdout
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
 
 
-def _run_processes(n, runs, cache):
-  coordinator = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen(
-      _command({"runs": runs, "cache": cache, "coordinator": coordinator, "num_processes": n,
-                "process_id": i}), env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(n)]
-  outs = []
+def _start(devices, runs, cache, processes=1):
+  """Starts one subprocess with `devices` fake CPU devices, or `processes` of them with one
+  device each joined by jax.distributed (a free port, gloo). Output goes to files (no pipe
+  fills up while another process is waited on). Returns (expected stdout, [(popen, log)])."""
+  if processes == 1:
+    specs = [{"runs": runs, "cache": cache}]
+  else:
+    coordinator = f"127.0.0.1:{_free_port()}"
+    specs = [{"runs": runs, "cache": cache, "coordinator": coordinator,
+              "num_processes": processes, "process_id": i} for i in range(processes)]
+  procs = []
+  for spec in specs:
+    log = tempfile.TemporaryFile("w+")
+    procs.append((subprocess.Popen(_command(spec), env=_env(devices if processes == 1 else 1),
+                                   stdout=log, stderr=subprocess.STDOUT, text=True), log))
+  expected = f"DEVICES {devices if processes == 1 else processes} PROCESSES {processes}"
+  return expected, procs
+
+
+def _wait(*started, timeout=400):
+  """Waits for everything `_start` started (running side by side); kills all on failure."""
+  everything = [p for _, procs in started for p, _ in procs]
   try:
-    for p in procs:
-      outs.append(p.communicate(timeout=400))
+    for expected, procs in started:
+      for p, log in procs:
+        p.wait(timeout=timeout)
+        log.seek(0)
+        output = log.read()
+        assert p.returncode == 0, output[-4000:]
+        assert expected in output
   finally:
-    for p in procs:
+    for p in everything:
       if p.poll() is None:
         p.kill()
-  for p, (stdout, stderr) in zip(procs, outs):
-    assert p.returncode == 0, stderr[-4000:]
-    assert f"DEVICES {n} PROCESSES {n}" in stdout
+        p.wait()
 
 
 def _run_spec(workdir, **overrides):
@@ -126,25 +138,26 @@ def runs(tmp_path_factory):
   d = tmp_path_factory.mktemp("scale")
   cache = str(d / "jax_cache")
   # 2 devices: a replicated run interrupted at step 3 (snapshot kept) and resumed to 6,
-  # and an FSDP run.
-  _run(2, [_run_spec(d / "rep2", total_steps=3),
-           {"workdir": str(d / "rep2"), "snapshot_to": str(d / "ckpt2")},
-           _run_spec(d / "rep2"),
-           _run_spec(d / "fsdp2", **{"mesh.param_sharding": "fsdp"})], cache)
-  # 1 and 4 devices: the same runs, and the 2-device step-3 checkpoint restored: evaluated
-  # as is (total_steps=3: final evaluation of the restored model), then trained on to 6.
+  # and an FSDP run. Beside it: 2 processes x 1 device (jax.distributed, gloo), FSDP across
+  # the processes, 3 steps, checkpoint, then a resume to 6 in the same processes.
+  _wait(_start(2, [_run_spec(d / "rep2", total_steps=3),
+                   {"workdir": str(d / "rep2"), "snapshot_to": str(d / "ckpt2")},
+                   _run_spec(d / "rep2"),
+                   _run_spec(d / "fsdp2", **{"mesh.param_sharding": "fsdp"})], cache),
+        _start(2, [_run_spec(d / "dist", total_steps=3, **{"mesh.param_sharding": "fsdp"}),
+                   _run_spec(d / "dist", **{"mesh.param_sharding": "fsdp"})], cache,
+               processes=2))
+  # 1 and 4 devices (side by side): the same runs, and the 2-device step-3 checkpoint
+  # restored: evaluated as is (total_steps=3: final evaluation of the restored model), and
+  # trained on to 6.
   restore = lambda name, **kw: [  # noqa: E731
       dict(_run_spec(d / f"{name}_eval", total_steps=3, **kw), copy_from=str(d / "ckpt2")),
       dict(_run_spec(d / name, **kw), copy_from=str(d / "ckpt2"))]
-  _run(1, [_run_spec(d / "rep1")] + restore("restore1"), cache)
-  _run(4, [_run_spec(d / "rep4"),
-           _run_spec(d / "fsdp4", **{"mesh.param_sharding": "fsdp"}),
-           _run_spec(d / "model4", **{"mesh.model": 2, "mesh.param_sharding": "fsdp"})]
-       + restore("restore4", **{"mesh.param_sharding": "fsdp"}), cache)
-  # 2 processes x 1 device (jax.distributed, gloo): FSDP across the processes, 3 steps,
-  # checkpoint, then a resume to 6 in the same processes.
-  _run_processes(2, [_run_spec(d / "dist", total_steps=3, **{"mesh.param_sharding": "fsdp"}),
-                     _run_spec(d / "dist", **{"mesh.param_sharding": "fsdp"})], cache)
+  _wait(_start(1, [_run_spec(d / "rep1")] + restore("restore1"), cache),
+        _start(4, [_run_spec(d / "rep4"),
+                   _run_spec(d / "fsdp4", **{"mesh.param_sharding": "fsdp"}),
+                   _run_spec(d / "model4", **{"mesh.model": 2, "mesh.param_sharding": "fsdp"})]
+               + restore("restore4", **{"mesh.param_sharding": "fsdp"}), cache))
   return d
 
 
