@@ -9,6 +9,7 @@ WORKDIR/model.safetensors    the selected model exported flat ('params/backbone/
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -38,11 +39,88 @@ def abstract_like(tree):
 
 
 def save(mngr: ocp.CheckpointManager, step: int, tree, wait: bool = True) -> None:
+  # The digest first: every committed checkpoint has one (a kill in between leaves at most
+  # a digest without a checkpoint, harmless).
+  _record_digest(mngr, step, tree_digest(tree))
   if step in mngr.all_steps():  # re-reached after a resume: replace (deterministic anyway)
     mngr.delete(step)
   mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
   if wait:
     mngr.wait_until_finished()
+
+
+# --- digests: a flipped bit in a checkpoint's array data restores silently in orbax 0.12
+# (no checksums in OCDBT), so every save records a digest of the state in
+# WORKDIR/checkpoint_digests.json and every restore checks it.
+
+DIGESTS = "checkpoint_digests.json"
+
+
+def _words(x):
+  import jax.numpy as jnp
+  from jax import lax
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  bits = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return lax.bitcast_convert_type(x, bits).astype(jnp.uint32)   # 8 bytes: a pair of words
+
+
+@jax.jit
+def _digest_leaves(leaves):
+  import jax.numpy as jnp
+  out = []
+  for x in leaves:
+    w = _words(x).reshape(-1)
+    # uint32 sums wrap: exact and order-free, so the same on any device layout / count.
+    pos = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    out.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * pos, dtype=jnp.uint32)]))
+  return out
+
+
+def tree_digest(tree) -> str:
+  """A checksum of every leaf's bits (computed where the arrays live; any sharding)."""
+  import hashlib
+  parts = jax.device_get(_digest_leaves(jax.tree.leaves(tree)))
+  h = hashlib.sha256(str(jax.tree.structure(tree)).encode())
+  for p in parts:
+    h.update(np.asarray(p, np.uint32).tobytes())
+  return h.hexdigest()
+
+
+def _digest_path(mngr) -> tuple[str, str]:
+  directory = os.fspath(mngr.directory).rstrip("/")
+  return os.path.join(os.path.dirname(directory), DIGESTS), os.path.basename(directory)
+
+
+def _read_digests(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _record_digest(mngr, step: int, digest: str) -> None:
+  if jax.process_index() != 0:
+    return
+  path, name = _digest_path(mngr)
+  digests = _read_digests(path)
+  keep = {f"{name}/{s}" for s in mngr.all_steps()}
+  digests = {k: v for k, v in digests.items() if not k.startswith(f"{name}/") or k in keep}
+  digests[f"{name}/{step}"] = digest
+  with open(path + ".tmp", "w") as f:
+    json.dump(digests, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def _check_digest(mngr, step: int, tree) -> None:
+  path, name = _digest_path(mngr)
+  expected = _read_digests(path).get(f"{name}/{step}")
+  if expected is not None and tree_digest(tree) != expected:
+    raise ValueError(f"checksum mismatch: the data of step {step} changed on disk after it "
+                     f"was saved (recorded in {path})")
 
 
 def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None):
@@ -72,6 +150,7 @@ def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None)
         tree = reader.restore(s, args=ocp.args.StandardRestore(abstract_like(target)))
       finally:
         reader.close()
+      _check_digest(mngr, s, tree)
     except Exception as e:  # noqa: BLE001 - any read failure means "not usable"
       failed.append((s, f"{type(e).__name__}: {_first_line(e)}"))
       logging.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous one",

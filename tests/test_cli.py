@@ -151,7 +151,8 @@ def test_bad_input_is_one_line_and_harms_nothing(kind, tmp_path, finished, capfd
     shutil.copytree(finished, workdir)
   code, err = run_cli(args, capfd, config=config, workdir=workdir)
   message = assert_one_line_error(code, err, fragment)
-  print(f"{kind}: {message}")
+  with capfd.disabled():
+    print(f"TABLE|{kind}|{message}")
   # The same bad command on a finished run's workdir: one line, and every file unchanged.
   if own_workdir:   # the bad input is the workdir itself: no finished run to harm
     return
@@ -196,4 +197,4 @@ def test_bad_input_subprocess(kind, args, devices, fragment, tmp_path):
   args = [a.replace("{tmp}", str(tmp_path)) for a in args] + [f"--workdir={tmp_path / 'run'}"]
   code, err = _subprocess(args, devices)
   message = assert_one_line_error(code, err, fragment)
-  print(f"{kind}: {message}")
+  print(f"TABLE|{kind}|{message}")
