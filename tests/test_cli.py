@@ -151,8 +151,9 @@ def test_bad_input_is_one_line_and_harms_nothing(kind, tmp_path, finished, capfd
     shutil.copytree(finished, workdir)
   code, err = run_cli(args, capfd, config=config, workdir=workdir)
   message = assert_one_line_error(code, err, fragment)
-  with capfd.disabled():
-    print(f"TABLE|{kind}|{message}")
+  if os.environ.get("MERLIN_PRINT_TABLE"):   # the kind -> message table, for the docs
+    with capfd.disabled():
+      print(f"TABLE|{kind}|{message}")
   # The same bad command on a finished run's workdir: one line, and every file unchanged.
   if own_workdir:   # the bad input is the workdir itself: no finished run to harm
     return

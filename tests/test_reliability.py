@@ -159,7 +159,8 @@ def test_kill9_at_two_points_then_rerun_equals_uninterrupted_run(tmp_path, env, 
   assert "Resumed from" in err
   _assert_same_result(workdir, reference)
   starts = provenance.read(workdir)
-  assert [s["start_step"] for s in starts][0] == 0 and starts[-1]["start_step"] >= 30
+  # (>= 20: a kill in orbax's finalisation of 30 would fall back to 20, still exactly.)
+  assert len(starts) == 3 and starts[0]["start_step"] == 0 and starts[-1]["start_step"] >= 20
   print(f"killed at steps ~{killed_at_1} and ~30")
 
 
