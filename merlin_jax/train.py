@@ -508,11 +508,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   if int(state.step) == 0 and not ckpt.all_steps():
     checkpointing.save(ckpt, 0, state)
-  # Final evaluation of the model selected on target validation.
-  sel_params, sel_state = selected["params"], selected["model_state"]
-  final = {"final": True, "selected_step": int(state.best_step),
-           "best_target_val_accuracy": float(state.best_val_accuracy),
-           "train_seconds": time.time() - t_start}
+  # Final evaluation of the model selected on target validation (or of the final model, for
+  # a method whose product is the end of its training: pre-training).
+  final = {"final": True, "train_seconds": time.time() - t_start}
+  if method.select_on_target_val:
+    sel_params, sel_state = selected["params"], selected["model_state"]
+    final.update(selected_step=int(state.best_step),
+                 best_target_val_accuracy=float(state.best_val_accuracy))
+  else:
+    sel_params, sel_state = state.params, state.model_state
+    final.update(selected_step=int(state.step), best_target_val_accuracy=float(
+        evaluator.target_val(sel_params, sel_state)["target_val_accuracy"]))
   head = evaluator.target_head(sel_params, sel_state)
   for name in data.eval_sets():
     if name == "target_test":

@@ -148,3 +148,26 @@ def test_same_losses_on_one_and_two_devices(tmp_path):
   two = _run_devices(2, tmp_path / "two", total_steps=6)
   assert [s for s, _ in one] == [s for s, _ in two]
   np.testing.assert_allclose([l for _, l in one], [l for _, l in two], rtol=2e-4)
+
+
+def test_two_stage_methods_start_from_the_end_of_pretraining(tmp_path):
+  """Pre-training's product is phi_pre at the end of source training, not a model chosen on
+  the target (with a weak probe, step 0 could win and fine-tuning would start at random)."""
+  from merlin_jax import checkpointing
+  pre = tmp_path / "pre"
+  final = train.train_and_evaluate(fake_data.tiny_config("pretrain", total_steps=6), str(pre))
+  assert final["selected_step"] == 6
+  exported = checkpointing.load_safetensors(str(pre / "model.safetensors"))
+  init = train.train_and_evaluate(fake_data.tiny_config("pretrain", total_steps=0),
+                                  str(tmp_path / "init"))
+  del init
+  at_init = checkpointing.load_safetensors(str(tmp_path / "init" / "model.safetensors"))
+  moved = [k for k in exported if k.startswith("params/backbone")
+           and not np.array_equal(exported[k], at_init[k])]
+  assert moved  # the exported backbone is the trained one
+  ft = tmp_path / "ft"
+  train.train_and_evaluate(fake_data.tiny_config("finetune", **{"pretrained.path": str(pre)}),
+                           str(ft))
+  scratch = tmp_path / "scratch"
+  train.train_and_evaluate(fake_data.tiny_config("target_only"), str(scratch))
+  assert _losses(ft)[0][1] != _losses(scratch)[0][1]

@@ -65,6 +65,10 @@ class Method:
   eval_head: str               # 'learned': params['target_head']; 'probe': fit a head on
                                # frozen target-train features with the inner solver
   description: str = ""
+  # True: the model reported (and exported) is the one selected on target validation.
+  # False: the final model (pre-training: phi_pre is what source training ends with; choosing
+  # it on the target would make the first stage target-aware).
+  select_on_target_val: bool = True
 
   def __post_init__(self):
     if self.eval_head not in ("learned", "probe"):

@@ -13,4 +13,5 @@ def objective(ctx, params, state, batch, key, anchor=None):
 
 
 METHOD = Method("pretrain", objective, uses_source=True, needs_pretrained=False,
-                eval_head="probe", description="L_src only; target accuracy by a fitted head")
+                eval_head="probe", description="L_src only; target accuracy by a fitted head",
+                select_on_target_val=False)
