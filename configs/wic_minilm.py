@@ -12,8 +12,14 @@ Task: does the usage example (with its target word) use the word in the sense th
 defines? D_t: 1,000 labelled pairs from 'train'; 300 more held out of 'train' for model
 selection; target test: the 1,264 pairs of 'test', whose words never occur in 'train'.
 Same protocol as the GLUE configs (MeRLin-ft = Table 2's method), on a CPU budget: 200
-steps of 16 sequences of length 48; about 10-15 min per run on 2 (shared) CPU cores.
+steps of 16 sequences of length 48; 3-33 min per run on 2 shared CPU cores (load 7-19).
 Every hyperparameter here is ours (the paper has no such experiment).
+
+Measured 2026-11-23, seeds 0/1/2, target test accuracy % (mean +- std over seeds):
+finetune 54.09 +- 2.38, l2sp 53.98 +- 2.32, merlin_ft 51.98 +- 1.07: all near chance at
+this budget and not separable. For scale, the frozen bi-encoder (cosine of the mean-pooled
+MiniLM embeddings of example and gloss, no training) scores 62.0% with the median cosine
+as threshold and ranks the right gloss above the wrong one for 70.4% of test examples.
 """
 
 from merlin_jax.config_base import base_config
