@@ -235,18 +235,20 @@ def load_safetensors(path: str) -> dict[str, np.ndarray]:
                     "re-export it or point config.pretrained.path at another file") from None
 
 
-def fill_from_flat(target, flat: dict[str, np.ndarray], prefix: str, source: str):
-  """Replace the leaves of `target` under `prefix` by the entries of `flat` with the same key.
+def fill_from_flat(target, flat: dict[str, np.ndarray], prefix: str, source: str,
+                   missing_hint: str = "it was written for another model (check config.model "
+                                       "against the pretrain run)"):
+  """Replace the leaves of `target` under `prefix` by the entries of `flat` with the same key
+  ('' = no prefix), cast to the target's dtypes.
 
   Every leaf must be present with the same shape: a mismatch is a user error naming the key.
   """
   tgt_flat = traverse_util.flatten_dict(target, sep="/")
   out = {}
   for k, v in tgt_flat.items():
-    key = f"{prefix}/{k}"
+    key = f"{prefix}/{k}" if prefix else k
     if key not in flat:
-      raise UserError(f"{source} has no weight {key!r}; it was written for another model "
-                      "(check config.model against the pretrain run)")
+      raise UserError(f"{source} has no weight {key!r}; {missing_hint}")
     if tuple(flat[key].shape) != tuple(v.shape):
       raise UserError(f"{source}: weight {key!r} has shape {tuple(flat[key].shape)} but the model "
                       f"expects {tuple(v.shape)}; check config.model")

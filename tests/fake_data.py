@@ -6,34 +6,20 @@ The pair lives in the package (`merlin_jax.data.synthetic`, data name 'synthetic
 
 from __future__ import annotations
 
+import os
+
 from merlin_jax.data.synthetic import (  # noqa: F401  (moved into the package)
     SyntheticSource as FakeSource, SyntheticTransferData as FakeTransferData, _make,
     load_synthetic as load_fake)
 
 
 def tiny_config(method="merlin", **overrides):
-  """A locked-shape config for the fake pair: runs a step in well under a second."""
-  from merlin_jax.config_base import base_config
-  c = base_config()
+  """`configs/synthetic.py` (runs a step in well under a second) with `method` and dotted-key
+  overrides, e.g. tiny_config("joint", **{"optimizer.lr": 0.1})."""
+  from merlin_jax.experiments.suite import load_config
+  c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "synthetic.py"))
   c.method = method
-  c.total_steps = 10
-  c.batch_size = 16
-  c.data.source.name = c.data.target.name = "synthetic"
-  c.data.image_size = 8
-  c.data.num_source_classes = 4
-  c.data.num_target_classes = 3
-  c.data.target.num_train = 40
-  c.data.target.num_val = 20
-  c.split.train_size = 20
-  c.split.val_size = 20
-  c.inner.steps = 3
-  c.model.conv_widths = (4, 8)
-  c.model.feature_dim = 16
-  c.eval.every = 5
-  c.eval.batch_size = 64
-  c.checkpoint_every = 5
-  c.log_every = 1
-  c.pretrained.steps = 4
   for k, v in overrides.items():
     node = c
     *parents, leaf = k.split(".")

@@ -139,17 +139,10 @@ def load_bert_params(hf_dir: str, template=None) -> dict:
   params = hf_to_params(load_hf_file(resolve_hf_dir(hf_dir)))
   if template is None:
     return params
-  flat = traverse_util.flatten_dict(params, sep="/")
-  out = {}
-  for k, v in traverse_util.flatten_dict(template, sep="/").items():
-    if k not in flat:
-      raise UserError(f"{hf_dir}: no weight for {k!r} (is config.model the architecture "
-                      "of these weights? pooling='pooler' needs pooler.dense.*)")
-    if tuple(flat[k].shape) != tuple(v.shape):
-      raise UserError(f"{hf_dir}: weight {k!r} has shape {tuple(flat[k].shape)} but the "
-                      f"model expects {tuple(v.shape)}; check config.model")
-    out[k] = np.asarray(flat[k], dtype=v.dtype)
-  return traverse_util.unflatten_dict(out, sep="/")
+  from merlin_jax.checkpointing import fill_from_flat  # orbax: only when weights are loaded
+  return fill_from_flat(template, traverse_util.flatten_dict(params, sep="/"), "", hf_dir,
+                        missing_hint="is config.model the architecture of these weights? "
+                                     "pooling='pooler' needs pooler.dense.*")
 
 
 def as_export_layout(flat: dict[str, np.ndarray], prefix: str = "params/backbone") -> dict:
