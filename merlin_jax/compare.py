@@ -2,13 +2,20 @@ r"""Run several methods (and seeds, and a small hyperparameter grid) on one conf
 
   python -m merlin_jax.compare --config=configs/digits.py --workdir=/tmp/merlin/compare \
       --methods=target_only,joint,finetune,l2sp,merlin,merlin_ft --seeds=0,1,2 \
-      --grid='joint:alpha=0.1,0.5,0.9' --grid='merlin:rho=0.3,1,3'
+      --grid='joint:alpha=0.1,0.5,0.9' --grid='merlin:rho=0.3,1,3' \
+      --grid='merlin:inner.steps=5,50' --tune_seeds=0
 
 Each run goes to WORKDIR/<method>/<setting>/seed_<s> (resumable: a finished run is read
 back, not re-run). The two-stage methods (finetune, l2sp, merlin_ft) share one `pretrain`
-run per seed (WORKDIR/pretrain/seed_<s>). For each method, the grid setting with the best
-mean *target validation* accuracy is selected; its target test accuracy is reported as
-mean ± std over seeds. The test set never takes part in a choice.
+run per seed (WORKDIR/pretrain/seed_<s>).
+
+Grids: one `--grid` is a product over its axes; several `--grid`s for one method are a
+union (so `--grid='merlin:rho=0.3,3' --grid='merlin:inner.steps=5,50'` varies one value at
+a time around the config). A key set to the config's own value is dropped, so the config's
+setting is always a candidate, is named `default` and wins ties. For each method, the
+setting with the best mean *target validation* accuracy over the tuning seeds
+(`--tune_seeds`, default: all seeds) is selected and then run on every seed; its target
+test accuracy is reported as mean ± std over seeds. The test set never takes part in a choice.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[dict]]:
     for part in filter(None, body.split(";")):
       key, _, values = part.partition("=")
       axes.append([(key.strip(), _parse_value(v)) for v in values.split(",")])
-    grids[method.strip()] = [dict(combo) for combo in itertools.product(*axes)]
+    grids.setdefault(method.strip(), []).extend(
+        dict(combo) for combo in itertools.product(*axes))
   return grids
 
 
@@ -61,6 +69,26 @@ def _set(config, key: str, value) -> None:
   node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else bool(value)
 
 
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def candidates(base, settings: Sequence[dict]) -> dict[str, dict]:
+  """Name -> setting: the config's own setting first ('default'), duplicates dropped.
+
+  A key whose value equals the config's is removed, so `rho=1` on a config with rho=1 is
+  the default run, not a second copy of it.
+  """
+  out = {"default": {}}
+  for setting in settings:
+    kept = {k: v for k, v in setting.items() if _get(base, k) != v}
+    out.setdefault(_setting_name(kept), kept)
+  return out
+
+
 def run_one(base, method: str, seed: int, setting: dict, workdir: str,
             pretrained_dir: str | None = None) -> dict:
   from merlin_jax import train
@@ -81,8 +109,14 @@ def run_one(base, method: str, seed: int, setting: dict, workdir: str,
 
 
 def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
-            grids: dict[str, list[dict]]) -> list[dict]:
-  """Runs everything; returns one row per method with the selected setting's results."""
+            grids: dict[str, list[dict]], tune_seeds: Sequence[int] | None = None) -> list[dict]:
+  """Runs everything; returns one row per method with the selected setting's results.
+
+  Every candidate setting runs on `tune_seeds` (default: all of `seeds`); the one with the
+  best mean target-validation accuracy there (ties: the earlier candidate, the config's own
+  setting first) then runs on all `seeds`.
+  """
+  tune_seeds = list(seeds) if tune_seeds is None else list(tune_seeds)
   from merlin_jax.methods import get_method
   rows = []
   pretrain_dirs = {}
@@ -94,21 +128,26 @@ def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
           d = os.path.join(root, "pretrain", "default", f"seed_{seed}")
           run_one(base, "pretrain", seed, {"total_steps": base.pretrained.steps}, d)
           pretrain_dirs[seed] = d
-    results = {}
-    for setting in grids.get(method, [{}]):
-      name = _setting_name(setting)
-      runs = [run_one(base, method, seed, setting, os.path.join(root, method, name, f"seed_{seed}"),
-                      pretrain_dirs.get(seed)) for seed in seeds]
-      results[name] = runs
-    chosen = max(results, key=lambda n: np.mean([r["best_target_val_accuracy"] for r in results[n]]))
-    test = [r["target_test_accuracy"] for r in results[chosen]]
-    val = [r["best_target_val_accuracy"] for r in results[chosen]]
+    cands = candidates(base, grids.get(method, []))
+
+    def run(name, seed, method=method, cands=cands):
+      return run_one(base, method, seed, cands[name],
+                     os.path.join(root, method, name, f"seed_{seed}"), pretrain_dirs.get(seed))
+
+    grid = {}  # name -> mean target val accuracy over tune_seeds (one candidate: no tuning)
+    if len(cands) > 1:
+      grid = {n: float(np.mean([run(n, s)["best_target_val_accuracy"] for s in tune_seeds]))
+              for n in cands}
+    chosen = max(grid, key=grid.get) if grid else "default"
+    final = [run(chosen, s) for s in seeds]
+    test = [r["target_test_accuracy"] for r in final]
+    val = [r["best_target_val_accuracy"] for r in final]
     rows.append({
         "method": method, "setting": chosen, "seeds": list(seeds),
+        "tune_seeds": tune_seeds if grid else [],
         "target_test_mean": float(np.mean(test)), "target_test_std": float(np.std(test)),
         "target_val_mean": float(np.mean(val)), "target_test": test,
-        "grid": {n: float(np.mean([r["best_target_val_accuracy"] for r in rs]))
-                 for n, rs in results.items()},
+        "grid": grid,
     })
   return rows
 
@@ -124,7 +163,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _define_flags():
   """Flags exist only when this module is the program (it is also imported as a library)."""
-  global _CONFIG, _WORKDIR, _METHODS, _SEEDS, _GRID, _OUT
+  global _CONFIG, _WORKDIR, _METHODS, _SEEDS, _GRID, _TUNE_SEEDS, _OUT
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of all runs.")
   _METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "merlin",
@@ -132,6 +171,9 @@ def _define_flags():
   _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
   _GRID = flags.DEFINE_multi_string(
       "grid", [], "method:key=v1,v2[;key2=...]: values tried for that method, chosen on target val.")
+  _TUNE_SEEDS = flags.DEFINE_list(
+      "tune_seeds", [], "Seeds every grid setting runs on (chosen on their mean target val); "
+      "the chosen setting then runs on all --seeds. Empty: all --seeds.")
   _OUT = flags.DEFINE_string("out", "", "Also write the markdown table (and a .json) here.")
   flags.mark_flags_as_required(["config", "workdir"])
 
@@ -143,7 +185,9 @@ def main(argv):
   quiet_library_logs()
   seeds = [int(s) for s in _SEEDS.value]
   try:
-    rows = compare(_CONFIG.value, _WORKDIR.value, _METHODS.value, seeds, parse_grid(_GRID.value))
+    tune = [int(s) for s in _TUNE_SEEDS.value] or None
+    rows = compare(_CONFIG.value, _WORKDIR.value, _METHODS.value, seeds, parse_grid(_GRID.value),
+                   tune)
   except errors.UserError as e:
     print(f"merlin_jax.compare: error: {e}", file=sys.stderr)
     sys.exit(2)

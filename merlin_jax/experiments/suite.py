@@ -27,6 +27,15 @@ from merlin_jax.metrics import JSONL, quiet_library_logs, read_jsonl
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
+# One value at a time around each config (ours): the paper gives none of these values.
+DEFAULT_GRID = [
+    "joint:alpha=0.3,0.7",
+    "l2sp:alpha=0.05,5", "l2sp:beta=0.1",
+    "merlin:rho=0.3,3", "merlin:inner.steps=5,50", "merlin:inner.lr=0.5",
+    "merlin:split.train_size=150;split.val_size=50",
+    "merlin_ft:inner.steps=5,50", "merlin_ft:inner.lr=0.5",
+]
+
 
 def load_config(path: str):
   name, _, arg = path.partition(":")
@@ -87,7 +96,7 @@ def write_section(workspace: str, text: str) -> None:
 
 
 def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, workspace="",
-              plots="docs") -> str:
+              plots="docs", tune_seeds=None) -> str:
   grids = compare.parse_grid(grid_specs)
   sections = []
   t0 = time.time()
@@ -96,12 +105,15 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
     config = scaled(load_config(pair), steps, eval_every)
     pair_root = os.path.join(root, name)
     t = time.time()
-    rows = compare.compare(config, pair_root, methods, seeds, grids)
+    rows = compare.compare(config, pair_root, methods, seeds, grids, tune_seeds)
     minutes = (time.time() - t) / 60
     text = [f"#### {name} (`{pair}`)", "", compare.markdown_table(rows), "",
-            f"Grid (mean target val accuracy per setting): " + "; ".join(
-                f"{r['method']}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in r["grid"].items())
-                for r in rows if len(r["grid"]) > 1), "",
+            "Grid (target val accuracy per setting, mean over tuning seeds "
+            f"{', '.join(map(str, tune_seeds or seeds))}; the selected one in bold): " + "; ".join(
+                f"{r['method']}: " + ", ".join(
+                    (f"**{k} {100 * v:.1f}**" if k == r["setting"] else f"{k} {100 * v:.1f}")
+                    for k, v in r["grid"].items())
+                for r in rows if r["grid"]), "",
             f"Wall time for this pair: {minutes:.1f} min."]
     if workspace:
       plot_dir = os.path.join(os.path.dirname(os.path.abspath(workspace)), plots)
@@ -111,15 +123,19 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
       text += ["", f"![{name}: target validation accuracy over steps]({plots}/suite_{name}.png)"]
     sections.append("\n".join(text))
     if workspace:  # after every pair, so a long suite shows its progress
-      _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0)
-  return _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0)
+      _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune_seeds,
+             sections, t0)
+  return _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune_seeds,
+                sections, t0)
 
 
-def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sections, t0) -> str:
+def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune_seeds, sections,
+           t0) -> str:
   command = ("python -m merlin_jax.experiments.suite " + " ".join(
       [f"--pairs={','.join(pairs)}", f"--methods={','.join(methods)}",
        f"--seeds={','.join(map(str, seeds))}", f"--steps={steps}", f"--eval_every={eval_every}"]
-      + [f"--grid='{g}'" for g in grid_specs]))
+      + [f"--grid='{g}'" for g in grid_specs]
+      + ([f"--tune_seeds={','.join(map(str, tune_seeds))}"] if tune_seeds else [])))
   header = (f"Command: `{command}`\n\nBudget: {steps} outer steps per run (pre-training too), "
             f"target validation every {eval_every} steps; seeds {', '.join(map(str, seeds))}; "
             f"total wall time {(time.time() - t0) / 60:.1f} min on this machine.\n")
@@ -133,7 +149,8 @@ def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, sect
 
 def _define_flags():
   """Flags exist only when this module is the program (it is also imported as a library)."""
-  global _WORKDIR, _PAIRS, _METHODS, _SEEDS, _STEPS, _EVAL_EVERY, _GRID, _WORKSPACE, _PLOTS
+  global _WORKDIR, _PAIRS, _METHODS, _SEEDS, _STEPS, _EVAL_EVERY, _GRID, _TUNE_SEEDS, _WORKSPACE
+  global _PLOTS
   _WORKDIR = flags.DEFINE_string("workdir", "/tmp/merlin/suite", "Root of all runs.")
   _PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/printed_mnist.py",
                                        "configs/fashion_digits.py"], "Config files, one per pair.")
@@ -142,8 +159,10 @@ def _define_flags():
   _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
   _STEPS = flags.DEFINE_integer("steps", 300, "Outer steps per run (and for pre-training).")
   _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")
-  _GRID = flags.DEFINE_multi_string("grid", ["joint:alpha=0.2,0.5,0.8"],
+  _GRID = flags.DEFINE_multi_string("grid", DEFAULT_GRID,
                                     "Grid per method (see merlin_jax.compare); chosen on target val.")
+  _TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on; the chosen setting "
+                                  "then runs on all --seeds (empty: the grid runs on all seeds).")
   _WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the results into.")
   _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to the workspace).")
 
@@ -155,7 +174,7 @@ def main(argv):
   try:
     text = run_suite(_PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
                      _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value,
-                     _PLOTS.value)
+                     _PLOTS.value, [int(s) for s in _TUNE_SEEDS.value] or None)
   except errors.UserError as e:
     print(f"merlin_jax.experiments.suite: error: {e}", file=sys.stderr)
     sys.exit(2)
