@@ -1,9 +1,12 @@
 """The quadratic-network theory simulation (merlin_jax/experiments/theory.py).
 
-Unit checks of the data generator / feature map, and a fast version of the method comparison
-on one fixed seed. The ordering asserted here is weak in this simulation (see docs/theory.md):
-it holds on seed 0 at these sizes (not on seeds 1 and 2), so it is a regression check of the
-code path, not evidence of a robust effect.
+Unit checks of the data generator / feature map, the method comparison on one fixed seed at the
+main config (~15 s), and MeRLin's objective check. Measured over seeds 0-2 (docs/theory.md): the
+test-MSE ordering MeRLin < joint, pre-training holds on seeds 0 and 2, on seed 1 MeRLin beats joint
+but not pre-training; the objective check (MeRLin's objective lower at the hand-built u solution
+than at the trained phi, and far higher at the V solution) held on all three. So the ordering test
+is a regression check of this code path on a seed where the effect is large, not evidence of a
+robust effect.
 """
 
 from __future__ import annotations
@@ -63,14 +66,18 @@ def test_ridge_regression_head_and_meta_gradient():
   assert np.all(np.isfinite(np.asarray(g["phi"]))) and float(jnp.abs(g["phi"]).sum()) > 0
 
 
-def test_ordering_fast():
-  cfg = theory.TheoryConfig(steps=1000, eval_every=100)
+def test_ordering_and_objective_check():
+  cfg = theory.TheoryConfig()
   final = {m: {k: float(v[-1]) for k, v in theory.run(cfg, m, seed=0)[1].items()}
            for m in theory.METHODS}
   # pre-training picks the source-specific subspace; joint training memorises D_t
-  assert final["pretrain"]["align_v"] > 0.8
+  assert final["pretrain"]["align_v"] > 0.7
   assert final["joint"]["target_train_mse"] < 0.05
-  # the (weak) ordering of the paper
-  assert final["merlin"]["test_mse"] < final["joint"]["test_mse"]
-  assert final["merlin"]["test_mse"] < final["pretrain"]["test_mse"]
+  # the paper's ordering (seed 0: MeRLin 1.31, joint 2.31, pre-training 2.71)
+  assert final["merlin"]["test_mse"] < final["joint"]["test_mse"] - 0.5
+  assert final["merlin"]["test_mse"] < final["pretrain"]["test_mse"] - 0.5
   assert final["merlin"]["best_u"] > final["pretrain"]["best_u"]
+  # MeRLin's objective prefers u over what gradient descent found, and V is far worse
+  (row,) = theory.objective_check(cfg, seeds=1)
+  assert row["u"][0] < row["trained"][0] < row["V"][0]
+  assert row["u"][1] < 0.01 and row["V"][1] > 2.0
