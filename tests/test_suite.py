@@ -65,10 +65,14 @@ def test_suite_writes_table_and_plot(tmp_path):
   assert "±" in body and (tmp_path / "plots" / "suite_synthetic.png").stat().st_size > 1000
   assert sorted(os.listdir(tmp_path / "runs" / "synthetic" / "joint" / "default")) == [
       "seed_0", "seed_1"]
-  # Rerunning reuses finished runs and replaces (not duplicates) the section.
+  first = json.load(open(tmp_path / "runs" / "synthetic" / "wall_minutes.json"))["minutes"]
+  assert first > 0
+  # Rerunning reuses finished runs, adds its own (short) time, and replaces (not
+  # duplicates) the section.
   suite.run_suite([pair], ["joint"], [0], steps=3, eval_every=2, grid_specs=[],
                   root=str(tmp_path / "runs"), workspace=str(workspace), plots="plots")
   assert workspace.read_text().count(suite.BEGIN) == 1
+  assert json.load(open(tmp_path / "runs" / "synthetic" / "wall_minutes.json"))["minutes"] > first
   assert text.startswith("Command:")
 
 
