@@ -274,10 +274,10 @@ def run(cfg: TheoryConfig, method: str, seed: int):
   return params, {k: np.asarray(v) for k, v in hist.items()}
 
 
-def constructed_solution(cfg: TheoryConfig, data, which: str):
-  """A hand-built source solution: one unit along u, or k units spanning V, each scaled to the
-  weight-decay optimum of its source head (|phi_j|^2 w_j = amplitude, min |phi_j|^2 + w_j^2)."""
-  m = cfg.width
+def constructed_phi(cfg: TheoryConfig, data, which: str):
+  """phi of a hand-built source solution: one unit along u, or k units spanning V, each scaled
+  to the weight-decay optimum with its source head (|phi_j|^2 w_j = amplitude, min |phi_j|^2 +
+  w_j^2); the heads for a given objective come from best_heads."""
   if which == "u":
     dirs, amp = data["u"][None, :], 1.0
   elif which == "V":
@@ -285,11 +285,7 @@ def constructed_solution(cfg: TheoryConfig, data, which: str):
   else:
     raise ValueError(which)
   s2 = (2 * amp ** 2) ** (1 / 3)          # argmin_s2 s2 + (amp / s2)^2
-  n = dirs.shape[0]
-  phi = jnp.zeros((m, cfg.d)).at[:n].set(jnp.sqrt(s2) * dirs)
-  zeros = {"w": jnp.zeros(m), "b": jnp.zeros(())}
-  return {"phi": phi, "head_s": {"w": jnp.zeros(m).at[:n].set(amp / s2), "b": jnp.zeros(())},
-          "head_t": zeros}
+  return jnp.zeros((cfg.width, cfg.d)).at[:dirs.shape[0]].set(jnp.sqrt(s2) * dirs)
 
 
 def ridge_head(feats, y, weight: float, wd: float):
@@ -318,11 +314,6 @@ def method_objective(cfg: TheoryConfig, method: str, params, data, n_splits: int
   return jnp.mean(jax.vmap(lambda k: loss_fn(params, data, k))(keys))
 
 
-def merlin_objective(cfg: TheoryConfig, params, data, n_splits: int = 100):
-  """MeRLin's training objective (source + rho meta + weight decay), averaged over random splits."""
-  return method_objective(cfg, "merlin", params, data, n_splits)
-
-
 SCALES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 121))  # phi -> t phi, relative to the build
 
 
@@ -334,7 +325,7 @@ def best_scaled_solution(cfg: TheoryConfig, method: str, data, which: str):
   objective (best_heads): for joint this includes the target head, which for V is the ridge
   head that (partly) memorises D_t through the k V-features. Returns (params, t, objective).
   """
-  phi0 = constructed_solution(cfg, data, which)["phi"]
+  phi0 = constructed_phi(cfg, data, which)
 
   @jax.jit
   def objective_at(t):
@@ -358,16 +349,16 @@ def objective_row(cfg: TheoryConfig, method: str, data, trained):
   return row
 
 
-def objective_check(cfg: TheoryConfig, seeds: int, methods=METHODS):
-  """Per seed and method: the method's objective and target test MSE at its trained params and at
-  the hand-built u and V solutions. Tells an optimisation failure (u scores lower but is not
-  found) from an objective that prefers something else."""
+def objective_check(cfg: TheoryConfig, trained):
+  """Per seed and method: the method's objective and target test MSE at its trained params
+  (`trained`: {method: [params per seed]}, from run_all) and at the hand-built u and V
+  solutions. Tells an optimisation failure (u scores lower but is not found) from an
+  objective that prefers something else."""
   rows = []
-  for seed in range(seeds):
+  for seed in range(len(next(iter(trained.values())))):
     data = make_data(cfg, seed)
-    for method in methods:
-      trained, _ = run(cfg, method, seed)
-      rows.append({"seed": seed, **objective_row(cfg, method, data, trained)})
+    for method, params in trained.items():
+      rows.append({"seed": seed, **objective_row(cfg, method, data, params[seed])})
   return rows
 
 
@@ -398,12 +389,13 @@ SUMMARY_KEYS = ("test_mse", "target_train_mse", "source_mse", "best_u", "align_u
 
 
 def run_all(cfg: TheoryConfig, seeds: int):
-  """{method: {metric: [seeds, n_evals + 1]}}."""
-  out = {}
+  """({method: {metric: [seeds, n_evals + 1]}}, {method: [final params per seed]})."""
+  out, trained = {}, {}
   for method in METHODS:
-    hists = [run(cfg, method, seed)[1] for seed in range(seeds)]
+    params, hists = zip(*(run(cfg, method, seed) for seed in range(seeds)))
     out[method] = {k: np.stack([h[k] for h in hists]) for k in hists[0]}
-  return out
+    trained[method] = list(params)
+  return out, trained
 
 
 def _fmt(a):
@@ -626,12 +618,12 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   base = TheoryConfig()
   t0 = time.time()
-  results = {}
+  results, trained = {}, {}
   for name, overrides in VARIANTS.items():
     cfg = dataclasses.replace(base, **overrides)
-    results[name] = run_all(cfg, args.seeds)
+    results[name], trained[name] = run_all(cfg, args.seeds)
     print(f"[{name}] {time.time() - t0:.0f}s\n" + table(results[name]), flush=True)
-  checks = objective_check(base, args.seeds)
+  checks = objective_check(base, trained["main"])  # the main variant's runs, not retrained
   print(objective_table(checks), flush=True)
   runtime = time.time() - t0
   plot(results["main"], base, os.path.join(args.out, "theory.png"))
