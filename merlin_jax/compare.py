@@ -61,19 +61,17 @@ def _setting_name(setting: dict) -> str:
   return ",".join(f"{k}={v}" for k, v in sorted(setting.items())) or "default"
 
 
-def _set(config, key: str, value) -> None:
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else bool(value)
-
-
 def _get(config, key: str):
   node = config
-  for part in key.split("."):
+  for part in filter(None, key.split(".")):
     node = node[part]
   return node
+
+
+def _set(config, key: str, value) -> None:
+  parent, _, leaf = key.rpartition(".")
+  node = _get(config, parent)
+  node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else bool(value)
 
 
 def candidates(base, settings: Sequence[dict]) -> dict[str, dict]:

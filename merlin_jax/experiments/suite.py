@@ -139,7 +139,10 @@ def add_wall_minutes(pair_root: str, minutes: float) -> float:
   """Adds this invocation's minutes to the pair's running total (a resumed suite counts
   the time of every invocation, not only the last one); returns the total."""
   path = os.path.join(pair_root, "wall_minutes.json")
-  total = minutes + (json.load(open(path))["minutes"] if os.path.exists(path) else 0.0)
+  total = minutes
+  if os.path.exists(path):
+    with open(path) as f:
+      total += json.load(f)["minutes"]
   with open(path, "w") as f:
     json.dump({"minutes": total}, f)
   return total
