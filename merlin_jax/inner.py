@@ -10,7 +10,8 @@ Solvers (config `inner.kind`):
          `jax.checkpoint` (config `inner.remat`) so the backward pass stores only the
          head per step and memory does not grow with the features' activations.
   ridge  closed-form ridge regression of one-hot targets (R2-D2, Bertinetto et al. 2019),
-         solved in whichever of the primal (D x D) or dual (N x N) form is smaller.
+         solved in whichever of the primal (D x D) or dual (N x N) form is smaller
+         (`ridge_solve`, which also fits real-valued targets).
 `first_order=True` stops the gradient through the solve: the head is a constant to the
 outer step, so phi only receives the gradient of the val loss at the fitted head.
 """
@@ -118,23 +119,36 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
   return (head, trajectory) if return_trajectory else head
 
 
-def fit_head_ridge(features: jax.Array, labels: jax.Array, num_classes: int, lam: float,
-                   scale: float = 1.0):
-  """argmin_{W,b} ||[X 1] [W; b] - Y||^2 + lam ||W||^2, Y one-hot (bias not penalised).
+def ridge_solve(features: jax.Array, targets: jax.Array, lam, relative: bool = False,
+                eps: float = 0.0):
+  """argmin_{W,b} ||[X 1] [W; b] - Y||^2 + lam' ||W||^2 (bias not penalised). Returns (W, b).
 
-  Differentiable in `features` through `jnp.linalg.solve`. Centering handles the bias:
-  b = mean(Y) - mean(X) W.
+  targets: [N] (real-valued regression: W [D], b scalar) or [N, K] (W [D, K], b [K]).
+  lam' = lam (absolute), or with `relative` lam * the mean diagonal of the centred Gram
+  X_c^T X_c, which makes the head invariant to rescaling X; plus `eps`, which keeps the
+  solve defined at lam = 0 or constant features. Differentiable in `features` through
+  `jnp.linalg.solve`. Centering handles the bias: b = mean(Y) - mean(X) W.
   """
-  y = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)
   x_mean = jnp.mean(features, axis=0)
-  y_mean = jnp.mean(y, axis=0)
-  xc, yc = features - x_mean, y - y_mean
+  y_mean = jnp.mean(targets, axis=0)
+  xc, yc = features - x_mean, targets - y_mean
   n, d = features.shape
+  gram = xc.T @ xc if relative or d <= n else None   # D x D: built only where it is used
+  if relative:
+    lam = lam * jnp.trace(gram) / d
+  lam = lam + eps
   if d <= n:   # primal: (X^T X + lam I)^{-1} X^T Y, a D x D solve
-    w = jnp.linalg.solve(xc.T @ xc + lam * jnp.eye(d, dtype=features.dtype), xc.T @ yc)
+    w = jnp.linalg.solve(gram + lam * jnp.eye(d, dtype=features.dtype), xc.T @ yc)
   else:        # dual (Woodbury): X^T (X X^T + lam I)^{-1} Y, an N x N solve
     w = xc.T @ jnp.linalg.solve(xc @ xc.T + lam * jnp.eye(n, dtype=features.dtype), yc)
-  b = y_mean - x_mean @ w
+  return w, y_mean - x_mean @ w
+
+
+def fit_head_ridge(features: jax.Array, labels: jax.Array, num_classes: int, lam: float,
+                   scale: float = 1.0):
+  """`ridge_solve` of one-hot targets, times `scale`: the head {w [D, K], b [K]}."""
+  y = jax.nn.one_hot(labels, num_classes, dtype=features.dtype)
+  w, b = ridge_solve(features, y, lam)
   return {"w": scale * w, "b": scale * b}
 
 
