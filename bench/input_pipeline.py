@@ -15,14 +15,21 @@ first use (about a minute).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+_STEPS = flags.DEFINE_integer("steps", 200, "Batches timed per pipeline.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Source batch size.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/merlin_tfds",
+                                "TFDS data dir (printed_digits is built there on first use).")
+_SKIP_STEP = flags.DEFINE_bool("skip_step", False, "Do not time the train step's consumption.")
 
 
 def _rate(it, steps, batch_size, warmup=5):
@@ -31,7 +38,7 @@ def _rate(it, steps, batch_size, warmup=5):
   t = time.perf_counter()
   for _ in range(steps):
     b = next(it)
-  np.asarray(b["image"]).sum()
+  np.asarray(b["inputs"]).sum()
   return steps * batch_size / (time.perf_counter() - t)
 
 
@@ -77,23 +84,19 @@ def bench_streaming_mock_imagenet(steps, bs):
 
 def bench_step(data_dir, steps, bs):
   """Examples/s of jit(value_and_grad(merlin objective)) on the digits default."""
-  import importlib.util
   import jax
   from merlin_jax import data, train
   from merlin_jax.methods import get_method
   from merlin_jax.methods.base import Context
+  from merlin_jax.config_base import load_config
   from merlin_jax.models import make_backbone
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("digits", os.path.join(root, "configs", "digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config(os.path.join(_ROOT, "configs", "digits.py"))
   config.data.data_dir = data_dir
   d = data.load_transfer_data(config.data, 0)
-  hp = train.make_hyper(config, d)
-  ctx = Context(backbone=make_backbone(config.model, (1, *d.image_shape)), hp=hp)
-  params, state = train.init_params(ctx, jax.random.key(0), d.image_shape)
   method = get_method("merlin")
+  hp = method.hyper(config, d.num_source_classes, d.num_target_classes)
+  ctx = Context(backbone=make_backbone(config.model, d.example_input), hp=hp)
+  params, state = train.init_params(ctx, jax.random.key(0), d.example_input)
 
   @jax.jit
   def step(params, source, target, key):
@@ -113,35 +116,31 @@ def bench_step(data_dir, steps, bs):
   return steps * bs / (time.perf_counter() - t)
 
 
-def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--steps", type=int, default=200)
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--data_dir", default="/tmp/merlin_tfds")
-  p.add_argument("--skip_step", action="store_true")
-  args = p.parse_args()
-  from merlin_jax.data import pipeline
-  pipeline.get_builder("printed_digits", args.data_dir)   # build on first use
-  pipeline.get_builder("sklearn_digits", args.data_dir)
-  bs, steps = args.batch_size, args.steps
+def main(argv):
+  del argv
+  from merlin_jax.data import tfds_io
+  data_dir = _DATA_DIR.value
+  tfds_io.get_builder("printed_digits", data_dir)   # build on first use
+  tfds_io.get_builder("sklearn_digits", data_dir)
+  bs, steps = _BATCH_SIZE.value, _STEPS.value
   rows = [
-      ("digits in-memory, augment=none", bench_in_memory(args.data_dir, steps, bs, "none")),
-      ("digits in-memory, augment=light", bench_in_memory(args.data_dir, steps, bs, "light")),
-      ("digits streaming tf.data, light", bench_streaming_digits(args.data_dir, steps, bs)),
+      ("digits in-memory, augment=none", bench_in_memory(data_dir, steps, bs, "none")),
+      ("digits in-memory, augment=light", bench_in_memory(data_dir, steps, bs, "light")),
+      ("digits streaming tf.data, light", bench_streaming_digits(data_dir, steps, bs)),
       ("mock imagenet2012 224px streaming, inception",
        bench_streaming_mock_imagenet(max(steps // 10, 5), 64)),
   ]
-  if not args.skip_step:
+  if not _SKIP_STEP.value:
     rows.append(("CONSUMPTION: jit merlin step (digits.py)",
-                 bench_step(args.data_dir, max(steps // 10, 10), bs)))
+                 bench_step(data_dir, max(steps // 10, 10), bs)))
   print(f"\n{'pipeline':48s} {'examples/s':>12s}")
   for name, rate in rows:
     print(f"{name:48s} {rate:12,.0f}")
-  if not args.skip_step:
+  if not _SKIP_STEP.value:
     step_rate = rows[-1][1]
     print(f"\nin-memory (light) / step consumption: {rows[1][1] / step_rate:,.1f}x "
           f"(goal >= 5x)")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,6 +1,6 @@
 """The reference outer step of ../shared/notes/BENCH.md, built from the library, timed.
 
-    python bench/step.py [--quick] [--out results.json] [--runs 1] [--skip-rss]
+    python bench/step.py [--quick] [--out=results.json] [--skip_rss] [--sizes=5,50,200]
 
 What it measures, for every configuration (joint; MeRLin n = 5, 50, 200 second order with
 and without remat; first order):
@@ -27,7 +27,6 @@ CPU threading (the whole machine).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -43,6 +42,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -70,6 +70,15 @@ PEER = {
     "merlin_n200_fo": (177, 1.36),
 }
 PEER_RSS_MIB = "530-580"
+
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 1 warm-up, 3 timed steps.")
+_OUT = flags.DEFINE_string("out", "", "Write the results JSON here.")
+_WARMUP = flags.DEFINE_integer("warmup", None, "Untimed steps first (default 3; --quick: 1).")
+_STEPS = flags.DEFINE_integer("steps", None, "Timed steps (default 20; --quick: 3).")
+_SIZES = flags.DEFINE_string("sizes", "5,50,200", "Inner steps n, comma separated.")
+_CONFIGS = flags.DEFINE_string("configs", "", "Comma-separated config names (default: all).")
+_SKIP_RSS = flags.DEFINE_bool("skip_rss", False, "No per-config RSS subprocesses.")
+_SINGLE = flags.DEFINE_string("single", "", "Internal: run this one config alone (a child).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +136,9 @@ def build(cfg: BenchConfig, seed: int = 0):
   k_init, k_src, k_tgt, k_data, k_step = jax.random.split(jax.random.key(seed), 5)
   ks = jax.random.split(k_data, 4)
   batch = {
-      "source": {"image": jax.random.normal(ks[0], (SOURCE_BATCH,) + IMAGE_SHAPE, jnp.float32),
+      "source": {"inputs": jax.random.normal(ks[0], (SOURCE_BATCH,) + IMAGE_SHAPE, jnp.float32),
                  "label": jax.random.randint(ks[1], (SOURCE_BATCH,), 0, NUM_CLASSES)},
-      "target": {"image": jax.random.normal(ks[2], (NUM_TARGET,) + IMAGE_SHAPE, jnp.float32),
+      "target": {"inputs": jax.random.normal(ks[2], (NUM_TARGET,) + IMAGE_SHAPE, jnp.float32),
                  "label": jax.random.randint(ks[3], (NUM_TARGET,), 0, NUM_CLASSES)},
   }
   bb_params, state = backbone.init(k_init, jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32))
@@ -306,8 +315,8 @@ def _sizes_from_name(name: str):
 def rss_subprocesses(cfgs, steps: int, log=print) -> dict:
   out = {}
   for cfg in cfgs:
-    cmd = [sys.executable, os.path.abspath(__file__), "--single", cfg.name,
-           "--steps", str(steps)]
+    cmd = [sys.executable, os.path.abspath(__file__), f"--single={cfg.name}",
+           f"--steps={steps}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
       raise RuntimeError(f"{cfg.name} subprocess failed:\n{proc.stderr[-4000:]}")
@@ -383,28 +392,18 @@ def tables(timing: dict, rss: dict | None) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed steps")
-  p.add_argument("--out", default="", help="write results JSON here")
-  p.add_argument("--warmup", type=int, default=None)
-  p.add_argument("--steps", type=int, default=None)
-  p.add_argument("--sizes", default="5,50,200", help="inner steps n, comma separated")
-  p.add_argument("--configs", default="", help="comma-separated config names (default: all)")
-  p.add_argument("--skip-rss", action="store_true", help="no per-config RSS subprocesses")
-  p.add_argument("--single", default="", help=argparse.SUPPRESS)
-  args = p.parse_args(argv)
-
-  if args.single:
-    print(json.dumps(single(args.single, args.steps if args.steps is not None else 5)))
+def main(argv):
+  del argv
+  if _SINGLE.value:
+    print(json.dumps(single(_SINGLE.value, _STEPS.value if _STEPS.value is not None else 5)))
     return 0
 
-  warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-  steps = args.steps if args.steps is not None else (3 if args.quick else 20)
-  sizes = tuple(int(s) for s in args.sizes.split(",") if s)
+  warmup = _WARMUP.value if _WARMUP.value is not None else (1 if _QUICK.value else 3)
+  steps = _STEPS.value if _STEPS.value is not None else (3 if _QUICK.value else 20)
+  sizes = tuple(int(s) for s in _SIZES.value.split(",") if s)
   cfgs = all_configs(sizes)
-  if args.configs:
-    wanted = set(args.configs.split(","))
+  if _CONFIGS.value:
+    wanted = set(_CONFIGS.value.split(","))
     cfgs = [c for c in cfgs if c.name in wanted or c.name == "joint"]
 
   meta = {
@@ -421,14 +420,14 @@ def main(argv=None):
   # The RSS children first: a child's ru_maxrss starts from the RSS of the process that
   # spawned it (the kernel carries the pre-exec high-water mark over), so spawn them
   # while this process is still small (JAX imported, nothing compiled).
-  rss = None if args.skip_rss else rss_subprocesses(cfgs, 1 if args.quick else 5, log)
+  rss = None if _SKIP_RSS.value else rss_subprocesses(cfgs, 1 if _QUICK.value else 5, log)
   timing = round_robin(cfgs, warmup, steps, log)
   print(tables(timing, rss))
-  if args.out:
-    with open(args.out, "w") as f:
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
       json.dump({"meta": meta, "timing": timing, "rss": rss, "peer": PEER}, f, indent=1)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  app.run(main)

@@ -223,15 +223,18 @@ def export_safetensors(path: str, tree) -> None:
   os.replace(tmp, path)  # atomic: never a half-written weights file
 
 
-def load_safetensors(path: str) -> dict[str, np.ndarray]:
+def load_safetensors(path: str, what: str = "weights file",
+                     missing_hint: str = f"set config.pretrained.path to a '{EXPORT}' written by "
+                                         "a pretrain run (or a workdir containing one)"
+                     ) -> dict[str, np.ndarray]:
+  """{name: array} of a safetensors file; a missing or unreadable file is a UserError."""
   from safetensors.numpy import load_file
   if not os.path.isfile(path):
-    raise UserError(f"weights file {path} does not exist; set config.pretrained.path to a "
-                    f"'{EXPORT}' written by a pretrain run (or a workdir containing one)")
+    raise UserError(f"{what} {path} does not exist; {missing_hint}")
   try:
     return load_file(path)
   except Exception as e:  # noqa: BLE001
-    raise UserError(f"weights file {path} is not a readable safetensors file ({type(e).__name__}); "
+    raise UserError(f"{what} {path} is not a readable safetensors file ({type(e).__name__}); "
                     "re-export it or point config.pretrained.path at another file") from None
 
 

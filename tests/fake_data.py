@@ -9,21 +9,14 @@ from __future__ import annotations
 import os
 
 from merlin_jax.data.synthetic import (  # noqa: F401  (moved into the package)
-    SyntheticSource as FakeSource, SyntheticTransferData as FakeTransferData, _make,
-    load_synthetic as load_fake)
+    SyntheticSource as FakeSource, load_synthetic as load_fake)
 
 
 def tiny_config(method="merlin", **overrides):
   """`configs/synthetic.py` (runs a step in well under a second) with `method` and dotted-key
   overrides, e.g. tiny_config("joint", **{"optimizer.lr": 0.1})."""
-  from merlin_jax.experiments.suite import load_config
+  from merlin_jax.config_base import load_config, override
   c = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "synthetic.py"))
   c.method = method
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return override(c, overrides)

@@ -23,7 +23,7 @@ from merlin_jax.errors import ConfigError, DataError
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from merlin_jax import data  # noqa: E402  (registers the builders)
-from merlin_jax.data import pipeline, prepare  # noqa: E402
+from merlin_jax.data import preprocess, prepare, tfds_io  # noqa: E402
 from merlin_jax.data.builders import caltech256, idx_local, printed_digits  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +35,8 @@ PAPER_CONFIGS = ["fashion_usps", "svhn_mnist", "imagenet_cub", "imagenet_caltech
 def digits_dir(tmp_path_factory):
   """A TFDS data dir with printed_digits/tiny and sklearn_digits built once."""
   d = str(tmp_path_factory.mktemp("tfds"))
-  pipeline.get_builder("printed_digits/tiny", d)
-  pipeline.get_builder("sklearn_digits", d)
+  tfds_io.get_builder("printed_digits/tiny", d)
+  tfds_io.get_builder("sklearn_digits", d)
   return d
 
 
@@ -79,7 +79,7 @@ def test_printed_digits_rgb_config_and_determinism(tmp_path, monkeypatch):
   cfg = next(c for c in printed_digits.PrintedDigits.BUILDER_CONFIGS if c.name == "32x32x3")
   monkeypatch.setattr(cfg, "num_train", 30)
   monkeypatch.setattr(cfg, "num_test", 10)
-  pipeline.get_builder("printed_digits/32x32x3", str(tmp_path))
+  tfds_io.get_builder("printed_digits/32x32x3", str(tmp_path))
   images, labels = read_split("printed_digits/32x32x3", str(tmp_path), "train")
   assert images.shape == (30, 32, 32, 3) and images.dtype == np.uint8
   assert labels.min() >= 0 and labels.max() <= 9
@@ -268,17 +268,17 @@ def test_class_balanced_split_rule():
 def test_target_sets(digits_dir):
   d = data.load_transfer_data(digits_cfg(digits_dir), seed=0)
   tr, va = d.target_train, d.target_val
-  assert tr["image"].shape == (100, 28, 28, 1) and tr["image"].dtype == np.float32
-  assert tr["label"].dtype == np.int32 and va["image"].shape == (50, 28, 28, 1)
-  assert 0.0 <= tr["image"].min() and tr["image"].max() <= 1.0
+  assert tr["inputs"].shape == (100, 28, 28, 1) and tr["inputs"].dtype == np.float32
+  assert tr["label"].dtype == np.int32 and va["inputs"].shape == (50, 28, 28, 1)
+  assert 0.0 <= tr["inputs"].min() and tr["inputs"].max() <= 1.0
   assert np.bincount(tr["label"], minlength=10).tolist() == [10] * 10
   assert np.bincount(va["label"], minlength=10).tolist() == [5] * 10
   assert not set(d.target_train_indices) & set(d.target_val_indices)
-  assert d.image_shape == (28, 28, 1)
+  assert d.example_input.shape == (1, 28, 28, 1) and d.example_input.dtype == np.float32
   assert d.eval_sets() == ["target_test", "source_test"]
   # Same seed -> same sets; another seed -> other sets.
   again = data.load_transfer_data(digits_cfg(digits_dir), seed=0, need_source=False)
-  np.testing.assert_array_equal(again.target_train["image"], tr["image"])
+  np.testing.assert_array_equal(again.target_train["inputs"], tr["inputs"])
   assert again.source is None and again.eval_sets() == ["target_test"]
   other = data.load_transfer_data(digits_cfg(digits_dir), seed=1, need_source=False)
   assert not np.array_equal(other.target_train_indices, d.target_train_indices)
@@ -287,7 +287,7 @@ def test_target_sets(digits_dir):
   np.testing.assert_array_equal(pool_labels[d.target_train_indices], tr["label"])
   test_batches = list(d.eval_batches("target_test", 500))
   assert sum(b["mask"].sum() for b in test_batches) == 1797 - len(pool_labels)
-  assert all(b["image"].shape == (500, 28, 28, 1) for b in test_batches)
+  assert all(b["inputs"].shape == (500, 28, 28, 1) for b in test_batches)
   assert test_batches[-1]["mask"][-1] == 0.0
 
 
@@ -304,8 +304,52 @@ def test_eval_batches_split_across_processes(digits_dir):
   for b, b0, b1 in zip(full.eval_batches("target_test", 300),
                        parts[0].eval_batches("target_test", 300),
                        parts[1].eval_batches("target_test", 300)):
-    for k in ("image", "label", "mask"):
+    for k in ("inputs", "label", "mask"):
       np.testing.assert_array_equal(np.concatenate([b0[k], b1[k]]), b[k])
+
+
+def synthetic_cfg(num_val=21):
+  c = base_config().data
+  c.source.name = c.target.name = "synthetic"
+  c.image_size, c.channels = 8, 1
+  c.num_source_classes, c.num_target_classes = 4, 3
+  c.target.num_train, c.target.num_val = 40, num_val
+  return c
+
+
+def test_synthetic_eval_batches_split_across_processes():
+  # The synthetic pair pads through the same helper: the process shares concatenate.
+  full = data.load_transfer_data(synthetic_cfg(), 0)
+  parts = [data.load_transfer_data(synthetic_cfg(), 0, process_index=p, process_count=2)
+           for p in range(2)]
+  assert full.eval_sets() == ["target_test", "source_test"]
+  for name in full.eval_sets() + ["target_val"]:
+    batches = list(full.eval_batches(name, 16))
+    shares = [list(p.eval_batches(name, 16)) for p in parts]
+    assert len(shares[0]) == len(shares[1]) == len(batches) > 1
+    for b, b0, b1 in zip(batches, *shares):
+      assert b0["inputs"].shape == (8, 8, 8, 1) and b0["mask"].shape == (8,)
+      for k in ("inputs", "label", "mask"):
+        np.testing.assert_array_equal(np.concatenate([b0[k], b1[k]]), b[k])
+  with pytest.raises(ConfigError) as err:
+    parts[0].eval_batches("target_test", 15)
+  assert_one_line(err, "eval.batch_size")
+
+
+def test_eval_batches_target_val_once_with_mask():
+  d = data.load_transfer_data(synthetic_cfg(num_val=21), 0, need_source=False)
+  assert "target_val" not in d.eval_sets() and d.eval_sets() == ["target_test"]
+  batches = list(d.eval_batches("target_val", 8))   # 21 rows: 8 + 8 + 5 and 3 of padding
+  assert [b["mask"].sum() for b in batches] == [8, 8, 5]
+  assert all(b["label"].dtype == np.int32 and b["mask"].dtype == np.float32 for b in batches)
+  inputs = np.concatenate([b["inputs"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  keep = np.concatenate([b["mask"] for b in batches]) == 1.0
+  np.testing.assert_array_equal(inputs[keep], d.target_val["inputs"])
+  np.testing.assert_array_equal(labels[keep], d.target_val["label"])
+  assert not inputs[~keep].any() and not labels[~keep].any()   # zero padding
+  ex = d.example_input
+  assert ex.shape == (1, 8, 8, 1) and ex.dtype == np.float32 and not ex.any()
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,21 +367,21 @@ def test_in_memory_source_deterministic_resumable_sharded(digits_dir, augment):
   d = data.load_transfer_data(cfg, seed=3)
   bs = 128                                  # 600 examples: epochs end inside steps 4 and 9
   first = _take(d.source.batches(0, bs), 12)
-  assert first[0]["image"].shape == (128, 28, 28, 1) and first[0]["label"].dtype == np.int32
+  assert first[0]["inputs"].shape == (128, 28, 28, 1) and first[0]["label"].dtype == np.int32
   again = _take(d.source.batches(0, bs), 12)
   for a, b in zip(first, again):
-    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
   resumed = _take(d.source.batches(7, bs), 5)
   for a, b in zip(first[7:], resumed):
-    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["label"], b["label"])
   assert not np.array_equal(first[0]["label"], first[1]["label"])
   # Stored as uint8 (right size already), served as float32 in [0, 1].
-  assert d.source.images.dtype == np.uint8 and first[0]["image"].dtype == np.float32
+  assert d.source.images.dtype == np.uint8 and first[0]["inputs"].dtype == np.float32
   if augment == "none":
     pool, pool_labels = read_split("printed_digits/tiny", digits_dir, "train")
     idx = d.source.global_indices(0, bs)
-    np.testing.assert_allclose(first[0]["image"], pool[idx] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(first[0]["inputs"], pool[idx] / 255.0, atol=1e-6)
     np.testing.assert_array_equal(first[0]["label"], pool_labels[idx])
   # Every example once per epoch.
   idx = np.concatenate([d.source.global_indices(s, 120) for s in range(5)])
@@ -347,9 +391,9 @@ def test_in_memory_source_deterministic_resumable_sharded(digits_dir, augment):
             for p in range(2)]
   for s, (b0, b1) in enumerate(zip(shares[0].source.batches(5, bs),
                                    shares[1].source.batches(5, bs))):
-    assert b0["image"].shape == (64, 28, 28, 1)
-    np.testing.assert_array_equal(np.concatenate([b0["image"], b1["image"]]),
-                                  first[5 + s]["image"])
+    assert b0["inputs"].shape == (64, 28, 28, 1)
+    np.testing.assert_array_equal(np.concatenate([b0["inputs"], b1["inputs"]]),
+                                  first[5 + s]["inputs"])
     np.testing.assert_array_equal(np.concatenate([b0["label"], b1["label"]]),
                                   first[5 + s]["label"])
     if s == 2:
@@ -361,7 +405,7 @@ def test_in_memory_source_deterministic_resumable_sharded(digits_dir, augment):
 def test_light_shift_moves_images():
   images = np.random.default_rng(0).uniform(size=(4, 8, 8, 1)).astype(np.float32)
   shifts = np.array([[0, 0], [1, 0], [0, -2], [2, 2]])
-  out = pipeline.shift_images(images, shifts, 2)
+  out = preprocess.shift_images(images, shifts, 2)
   np.testing.assert_array_equal(out[0], images[0])
   np.testing.assert_array_equal(out[1, 1:], images[1, :-1])
   np.testing.assert_array_equal(out[1, 0], 0)
@@ -391,13 +435,13 @@ def test_streaming_source_deterministic_and_resumable(tmp_path, augment):
     resumed = _take(d.source.batches(4, 8), 3)
     share = next(data.load_transfer_data(cfg, seed=0, process_index=1,
                                          process_count=2).source.batches(0, 8))
-  assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
+  assert first[0]["inputs"].shape == (8, 32, 32, 3) and first[0]["inputs"].dtype == np.float32
   assert first[0]["label"].dtype == np.int32
-  assert 0.0 <= first[0]["image"].min() and first[0]["image"].max() <= 1.0
+  assert 0.0 <= first[0]["inputs"].min() and first[0]["inputs"].max() <= 1.0
   for a, b in zip(first[4:], resumed):
-    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["label"], b["label"])
-  assert share["image"].shape == (4, 32, 32, 3)
+  assert share["inputs"].shape == (4, 32, 32, 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,12 +477,12 @@ def test_signature_source_excludes_target(digits_dir):
   np.testing.assert_allclose(d.source.images[:, :14], pool[keep, :14] / 255.0, atol=1e-6)
   np.testing.assert_array_equal(d.source.labels, labels[keep])
   # The target is clean.
-  np.testing.assert_allclose(d.target_train["image"], pool[d.target_train_indices] / 255.0,
+  np.testing.assert_allclose(d.target_train["inputs"], pool[d.target_train_indices] / 255.0,
                              atol=1e-6)
   signed = next(d.eval_batches("source_test", 200))
   clean = next(d.eval_batches("source_test_clean", 200))
-  np.testing.assert_array_equal(signed["image"][:, :14], clean["image"][:, :14])
-  assert not np.allclose(signed["image"][:, 14:], clean["image"][:, 14:])
+  np.testing.assert_array_equal(signed["inputs"][:, :14], clean["inputs"][:, :14])
+  assert not np.allclose(signed["inputs"][:, 14:], clean["inputs"][:, 14:])
 
 
 def test_bad_config_values(digits_dir):
@@ -458,10 +502,8 @@ def test_bad_config_values(digits_dir):
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from merlin_jax.config_base import load_config as load
+  return load(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
@@ -478,12 +520,12 @@ def test_paper_config_under_mock_data(name, tmp_path):
     d = data.load_transfer_data(cfg, seed=0)
     batch = next(d.source.batches(0, 8))
     evals = {n: next(d.eval_batches(n, 16)) for n in d.eval_sets()}
-  assert batch["image"].shape == (8, size, size, channels)
-  assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+  assert batch["inputs"].shape == (8, size, size, channels)
+  assert batch["inputs"].dtype == np.float32 and batch["label"].dtype == np.int32
   assert batch["label"].max() < cfg.num_source_classes
-  assert d.target_train["image"].shape == (20, size, size, channels)
-  assert d.target_val["image"].shape == (10, size, size, channels)
+  assert d.target_train["inputs"].shape == (20, size, size, channels)
+  assert d.target_val["inputs"].shape == (10, size, size, channels)
   assert d.target_train["label"].max() < cfg.num_target_classes
   assert "target_test" in evals and ("source_test_clean" in evals) == cfg.source.signature.enabled
   for b in evals.values():
-    assert b["image"].shape == (16, size, size, channels) and b["mask"].shape == (16,)
+    assert b["inputs"].shape == (16, size, size, channels) and b["mask"].shape == (16,)

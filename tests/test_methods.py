@@ -8,7 +8,6 @@ that run the backbone on different batches can be compared exactly (up to float3
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,7 @@ TOL = dict(rtol=2e-5, atol=1e-6)
 
 # A source batch no backbone can read (wrong image shape: concatenating it with the target
 # or running the CNN on it fails): a method that ignores the source must not notice it.
-UNREADABLE_SOURCE = {"image": np.zeros((3, 5, 5, 2), np.float32), "label": np.zeros(3, np.int32)}
+UNREADABLE_SOURCE = {"inputs": np.zeros((3, 5, 5, 2), np.float32), "label": np.zeros(3, np.int32)}
 
 ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft"}
 
@@ -64,9 +63,9 @@ class Setup:
     self.params = {"backbone": bb,
                    "source_head": _numpy_head(rng, K_SRC),
                    "target_head": _numpy_head(rng, K_TGT)}
-    self.source = {"image": rng.normal(size=(N_SRC, 8, 8, 1)).astype(np.float32),
+    self.source = {"inputs": rng.normal(size=(N_SRC, 8, 8, 1)).astype(np.float32),
                    "label": np.arange(N_SRC) % K_SRC}
-    self.target = {"image": rng.normal(size=(N_TGT, 8, 8, 1)).astype(np.float32),
+    self.target = {"inputs": rng.normal(size=(N_TGT, 8, 8, 1)).astype(np.float32),
                    "label": np.arange(N_TGT) % K_TGT}
     self.batch = {"source": self.source, "target": self.target}
     self.key = jax.random.key(7)
@@ -116,7 +115,7 @@ def _independent_meta(s, ctx, params, key):
   k_split, k_head = jax.random.split(key)
   tr, val = inner.resample_target_split(k_split, N_TGT, SPLIT_TR, SPLIT_VAL)
   tr, val = np.asarray(tr), np.asarray(val)
-  img, lab = s.target["image"], s.target["label"]
+  img, lab = s.target["inputs"], s.target["label"]
   feats, _ = s.backbone.features(params["backbone"], s.state,
                                  np.concatenate([img[tr], img[val]]), train=True)
   return inner.meta_target_loss(ctx.hp.inner, feats[:SPLIT_TR], lab[tr], feats[SPLIT_TR:],
@@ -165,7 +164,7 @@ def test_methods_without_source_never_read_it(s, name):
 
 def test_target_only_is_the_target_cross_entropy_of_the_learned_head(s):
   loss = s.run("target_only", s.ctx(), batch={"source": None, "target": s.target})[0]
-  feats, _ = s.backbone.features(s.params["backbone"], s.state, s.target["image"], train=True)
+  feats, _ = s.backbone.features(s.params["backbone"], s.state, s.target["inputs"], train=True)
   expected = losses.softmax_cross_entropy(apply_head(s.params["target_head"], feats),
                                           s.target["label"])
   np.testing.assert_allclose(loss, expected, **TOL)
@@ -328,7 +327,7 @@ def test_merlin_updates_batch_norm_statistics_in_one_pass():
   # the whole target pool here, and a mean does not depend on the order.)
   assert SPLIT_TR + SPLIT_VAL == N_TGT
   conv = s_bn.params["backbone"]["Conv_0"]
-  x = np.concatenate([s_bn.source["image"], s_bn.target["image"]])
+  x = np.concatenate([s_bn.source["inputs"], s_bn.target["inputs"]])
   y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), "SAME",
                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
   np.testing.assert_allclose(new_state["batch_stats"]["BatchNorm_0"]["mean"],
@@ -339,4 +338,37 @@ def test_merlin_updates_batch_norm_statistics_in_one_pass():
 def test_hyper_is_static_under_jit(s):
   # Hyper and Context must be hashable: the training step closes over them under jit.
   hash(s.ctx())
-  assert dataclasses.replace(s.ctx().hp, rho=3.0).rho == 3.0
+  assert s.ctx().hp.replace(rho=3.0).rho == 3.0
+
+
+def test_a_method_registered_from_user_code_declares_its_own_hyperparameters():
+  """A method's hyperparameters are its own: registering it adds its config key (with the
+  default), the Hyper attribute the objective reads, and the key's check."""
+  from merlin_jax import methods
+  from merlin_jax.config_base import base_config
+  from merlin_jax.methods import base
+
+  def objective(ctx, params, state, batch, key, anchor=None):
+    del params, state, batch, key, anchor
+    return ctx.hp.toy_gamma, ({}, {})
+
+  toy = methods.register_method(methods.Method(
+      "toy_gamma", objective, uses_source=False, needs_pretrained=False, eval_head="learned",
+      hyperparameters=(methods.HParam("toy.gamma", 2.0, "a toy weight", base.at_least(0)),)))
+  try:
+    assert methods.get_method("toy_gamma") is toy
+    config = base_config()
+    assert config.toy.gamma == 2.0 and "toy_gamma" not in _hyper().__repr__()
+    config.toy.gamma = 3
+    hp = toy.hyper(config, K_SRC, K_TGT)
+    assert hp.toy_gamma == 3.0 and isinstance(hp.toy_gamma, float)
+    assert toy.objective(Context(backbone=None, hp=hp), None, None, None, None)[0] == 3.0
+    config.toy.gamma = -1.0
+    with pytest.raises(ConfigError) as err:
+      toy.hyper(config, K_SRC, K_TGT)
+    assert err.value.key == "toy.gamma"
+    with pytest.raises(AttributeError, match="declare it"):
+      _hyper().undeclared_weight   # pylint: disable=expression-not-assigned
+  finally:
+    methods.METHODS.pop("toy_gamma")
+    base._DECLARED.pop("toy_gamma")   # pylint: disable=protected-access

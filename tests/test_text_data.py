@@ -101,10 +101,8 @@ def test_stratified_holdout():
 
 
 def load_config(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from merlin_jax.config_base import load_config as load
+  return load(os.path.join(ROOT, "configs", f"{name}.py:{arg}"))
 
 
 def test_wordnet_wic_through_the_text_pipeline(tmp_path):
@@ -119,15 +117,16 @@ def test_wordnet_wic_through_the_text_pipeline(tmp_path):
   c.data.target.num_train, c.data.target.num_val = 40, 20
   d = pipeline.load_transfer_data(c.data, seed=0, need_source=False)
   L = c.data.text.max_length
-  assert d.target_train["image"]["input_ids"].shape == (40, L)
+  assert d.target_train["inputs"]["input_ids"].shape == (40, L)
   assert d.target_val["label"].shape == (20,) and d.target_val["label"].dtype == np.int32
   assert set(d.target_train_indices).isdisjoint(d.target_val_indices)
-  assert d.example_input["input_ids"].shape == (1, L) and d.image_shape == (L,)
+  assert d.example_input["input_ids"].shape == (1, L)
+  assert all(v.dtype == np.int32 for v in d.example_input.values())
   batches = list(d.eval_batches("target_test", 16))
   n_test = sum(int(b["mask"].sum()) for b in batches)
   assert n_test == len(wordnet_wic.build_pairs(
       wordnet_wic.find_manual_files("x", wn)["files"])["test"])
-  assert all(b["image"]["attention_mask"].shape == (16, L) for b in batches)
+  assert all(b["inputs"]["attention_mask"].shape == (16, L) for b in batches)
   with pytest.raises(Exception, match="no source"):
     pipeline.load_transfer_data(c.data, seed=0, need_source=True)
 
@@ -145,7 +144,7 @@ def test_glue_config_under_mock_data(name, tmp_path):
   with tfds.testing.mock_data(num_examples=40):
     d = pipeline.load_transfer_data(c.data, seed=0, need_source=False)
     batch = next(d.eval_batches("target_test", 8))
-  assert d.target_train["image"]["token_type_ids"].shape == (20, 16)
+  assert d.target_train["inputs"]["token_type_ids"].shape == (20, 16)
   assert d.target_train["label"].max() < 2 and batch["label"].shape == (8,)
 
 

@@ -62,6 +62,26 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   assert a["target_test_accuracy"] == b["target_test_accuracy"]
 
 
+def test_a_workdir_written_before_a_key_existed_still_resumes(tmp_path):
+  """config.json without keys added to the schema later: at their defaults they change
+  nothing, so the run resumes exactly; at another value it is a different run."""
+  full = tmp_path / "full"
+  train.train_and_evaluate(fake_data.tiny_config("merlin"), str(full))
+  part = tmp_path / "part"
+  train.train_and_evaluate(fake_data.tiny_config("merlin", total_steps=5), str(part))
+  path = part / "config.json"
+  saved = json.loads(path.read_text())
+  for key in ("data.kind", "model.hf_dir", "rho"):
+    del saved[key]
+  path.write_text(json.dumps(saved))
+  with pytest.raises(UserError, match="different config.*rho"):
+    train.train_and_evaluate(fake_data.tiny_config("merlin", rho=0.5), str(part))
+  path.write_text(json.dumps(saved))
+  train.train_and_evaluate(fake_data.tiny_config("merlin"), str(part))  # resumes at 5
+  assert _losses(part) == _losses(full)
+  assert "data.kind" in json.loads(path.read_text())   # migrated
+
+
 def test_resume_refuses_a_different_config(tmp_path):
   train.train_and_evaluate(fake_data.tiny_config("merlin", total_steps=2), str(tmp_path))
   with pytest.raises(UserError, match="different config.*rho"):

@@ -27,9 +27,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to write to.")
 def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = None) -> str:
   """Builds dataset `name` (one of our offline builders); returns its TFDS data dir."""
   from merlin_jax.data import builders
-  from merlin_jax.data.pipeline import _base_name, _tfds
-  tfds = _tfds()
-  base = _base_name(name)
+  from merlin_jax.data import tfds_io
+  tfds = tfds_io.import_tfds()
+  base = tfds_io.base_name(name)
   if base not in builders.MANUAL and base not in builders.PIP_ONLY:
     raise DataError(f"{name!r} is not an offline merlin_jax builder "
                     f"({', '.join(sorted(builders.PIP_ONLY + tuple(builders.MANUAL)))}); "

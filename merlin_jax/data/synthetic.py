@@ -2,9 +2,9 @@
 
 For smoke tests and the CLI/reliability tests (no TFDS, no TensorFlow): 8x8x1 images,
 source = 4 class means + noise, target = 3 related class means + noise. The pair itself is
-fixed (numpy seed 1234); `seed` draws D_t / target_val. Same interface as
-`merlin_jax.data.pipeline.TransferData`. The source batch of step s is a pure function of
-(seed, s), so runs resume exactly.
+fixed (numpy seed 1234); `seed` draws D_t / target_val. Returns an
+`interface.TransferData` like every other dataset. The source batch of step s is a pure
+function of (seed, s), so runs resume exactly.
 
 The head sizes come from the config (`data.num_source_classes`, `data.num_target_classes`),
 the labels from the dataset (4 source, 3 target classes): a config whose head is too small
@@ -14,9 +14,11 @@ for the labels is caught by `train.check_data_fits` like any other dataset.
 from __future__ import annotations
 
 import dataclasses
+from typing import Iterator
 
 import numpy as np
 
+from merlin_jax.data.interface import EvalSet, TransferData, local_batch_size
 from merlin_jax.errors import ConfigError
 
 NAME = "synthetic"
@@ -27,14 +29,17 @@ NUM_SOURCE = 512
 NUM_TEST = 150
 
 
-def _make(rng, means, n, noise=0.6):
+def make_examples(rng, means, n, noise=0.6):
+  """n examples {'inputs': f32 [n, 8, 8, 1], 'label': i32 [n]}: a random class mean + noise."""
   labels = rng.integers(0, means.shape[0], n).astype(np.int32)
   images = means[labels] + noise * rng.standard_normal((n,) + means.shape[1:])
-  return {"image": images.astype(np.float32), "label": labels}
+  return {"inputs": images.astype(np.float32), "label": labels}
 
 
 @dataclasses.dataclass
 class SyntheticSource:
+  """The synthetic source (an interface.SourceStream): batch s draws from (seed, s)."""
+
   images: np.ndarray
   labels: np.ndarray
   seed: int
@@ -45,57 +50,29 @@ class SyntheticSource:
   def num_examples(self) -> int:
     return len(self.labels)
 
-  def batches(self, start_step, global_batch_size):
-    if global_batch_size % self.process_count:
-      raise ConfigError("batch_size", f"{global_batch_size} is not divisible by the "
-                        f"{self.process_count} processes")
+  def batches(self, start_step: int, global_batch_size: int) -> Iterator[dict]:
+    local = local_batch_size(global_batch_size, self.process_count, "batch_size")
     if global_batch_size > len(self.labels):
       raise ConfigError("batch_size", f"{global_batch_size} exceeds the {len(self.labels)} "
                         "examples of the synthetic source")
-    step = start_step
-    local = global_batch_size // self.process_count
+    return self._batches(start_step, global_batch_size, local)
+
+  def _batches(self, step: int, global_batch_size: int, local: int) -> Iterator[dict]:
     while True:
       rng = np.random.default_rng((self.seed, step))
       idx = rng.choice(len(self.labels), global_batch_size, replace=False)
       idx = idx[self.process_index * local:(self.process_index + 1) * local]
-      yield {"image": self.images[idx], "label": self.labels[idx]}
+      yield {"inputs": self.images[idx], "label": self.labels[idx]}
       step += 1
 
 
-@dataclasses.dataclass
-class SyntheticTransferData:
-  source: SyntheticSource | None
-  target_train: dict
-  target_val: dict
-  target_test: dict
-  num_source_classes: int = SOURCE_CLASSES
-  num_target_classes: int = TARGET_CLASSES
-  image_shape: tuple = IMAGE_SHAPE
-  process_index: int = 0
-  process_count: int = 1
-
-  def eval_sets(self):
-    return ["target_test", "source_test"] if self.source is not None else ["target_test"]
-
-  def eval_batches(self, name, batch_size):
-    if name not in self.eval_sets():
-      raise KeyError(f"unknown eval set {name!r}; have {self.eval_sets()}")
-    arrays = self.target_test if name == "target_test" else {
-        "image": self.source.images[:64], "label": self.source.labels[:64]}
-    n = len(arrays["label"])
-    for s in range(0, n, batch_size):
-      img, lab = arrays["image"][s:s + batch_size], arrays["label"][s:s + batch_size]
-      pad = batch_size - len(lab)
-      yield {"image": np.pad(img, [(0, pad), (0, 0), (0, 0), (0, 0)]),
-             "label": np.pad(lab, (0, pad)),
-             "mask": np.pad(np.ones(len(lab), np.float32), (0, pad))}
-
-
 def is_synthetic(data_cfg) -> bool:
+  """Whether config.data names the synthetic pair (as source or target)."""
   return data_cfg.source.name == NAME or data_cfg.target.name == NAME
 
 
-def load_synthetic(data_cfg, seed, *, need_source=True, process_index=0, process_count=1):
+def load_synthetic(data_cfg, seed: int, *, need_source: bool = True, process_index: int = 0,
+                   process_count: int = 1) -> TransferData:
   """The synthetic pair as a TransferData (both names must be 'synthetic')."""
   for key in ("source", "target"):   # (neither: a test's stand-in for another dataset)
     if is_synthetic(data_cfg) and data_cfg[key].name != NAME:
@@ -114,15 +91,19 @@ def load_synthetic(data_cfg, seed, *, need_source=True, process_index=0, process
   src_means = rng.standard_normal((SOURCE_CLASSES,) + IMAGE_SHAPE)
   tgt_means = src_means[:TARGET_CLASSES] + 0.5 * rng.standard_normal(
       (TARGET_CLASSES,) + IMAGE_SHAPE)
-  source = _make(rng, src_means, NUM_SOURCE)
+  source = make_examples(rng, src_means, NUM_SOURCE)
   pick = np.random.default_rng(seed)
-  pool = _make(pick, tgt_means, n_tr + n_val)
-  return SyntheticTransferData(
-      source=SyntheticSource(source["image"], source["label"], seed, process_index,
-                             process_count) if need_source else None,
+  pool = make_examples(pick, tgt_means, n_tr + n_val)
+  evals = {"target_test": EvalSet(arrays=make_examples(rng, tgt_means, NUM_TEST))}
+  stream = None
+  if need_source:
+    stream = SyntheticSource(source["inputs"], source["label"], seed, process_index,
+                             process_count)
+    evals["source_test"] = EvalSet(arrays={k: v[:64] for k, v in source.items()})
+  return TransferData(
+      source=stream,
       target_train={k: v[:n_tr] for k, v in pool.items()},
       target_val={k: v[n_tr:] for k, v in pool.items()},
-      target_test=_make(rng, tgt_means, NUM_TEST),
       num_source_classes=int(data_cfg.num_source_classes),
       num_target_classes=int(data_cfg.num_target_classes),
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count, eval_data=evals)

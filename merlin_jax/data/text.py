@@ -1,18 +1,17 @@
 """Text input pipeline: sentence(-pair) classification targets for the BERT backbone.
 
-The text counterpart of `pipeline.load_transfer_data` (which dispatches here when
-`config.data.kind == 'text'`), with the same interface the training program reads:
+`pipeline.load_transfer_data` dispatches here when `config.data.kind == 'text'`; the
+result is an `interface.TransferData` whose inputs are TOKENS = {'input_ids',
+'token_type_ids', 'attention_mask'}, each int32 [N, max_length]:
 
-    data.target_train / data.target_val   {'image': TOKENS, 'label': int32 [N]}
-    data.eval_batches('target_test', B)   {'image': TOKENS, 'label', 'mask'} (padded)
+    data.target_train / data.target_val   {'inputs': TOKENS, 'label': int32 [N]}
+    data.eval_batches('target_test', B)   {'inputs': TOKENS, 'label', 'mask'} (padded)
     data.example_input                    TOKENS with one row (initialises the backbone)
 
-where TOKENS = {'input_ids', 'token_type_ids', 'attention_mask'}, each int32 [N, max_length]
-('image' is the model input, see methods/base.py). Text is tokenised once, with the
-`tokenizers` library and the weights' own vocabulary (tokenizer.json when the directory
-has one, else vocab.txt as a BERT WordPiece tokenizer, lower-cased unless
-tokenizer_config.json says do_lower_case=false), as `[CLS] a [SEP] b [SEP]`, truncated
-longest-first and padded to `data.text.max_length`.
+Text is tokenised once, with the `tokenizers` library and the weights' own vocabulary
+(tokenizer.json when the directory has one, else vocab.txt as a BERT WordPiece tokenizer,
+lower-cased unless tokenizer_config.json says do_lower_case=false), as
+`[CLS] a [SEP] b [SEP]`, truncated longest-first and padded to `data.text.max_length`.
 
 Protocol (the paper's GLUE setting): target test = the whole `target.test_split` (GLUE's
 dev set, TFDS 'validation'); model selection uses `target.num_val` examples held out of
@@ -22,13 +21,13 @@ rest (-1: all of it). The dev set is never used for selection.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Iterator
 
 import numpy as np
 
+from merlin_jax.data import tfds_io
+from merlin_jax.data.interface import EvalSet, TransferData, take_rows
 from merlin_jax.errors import ConfigError, DataError
 
 TOKEN_KEYS = ("input_ids", "token_type_ids", "attention_mask")
@@ -85,7 +84,7 @@ def encode_pairs(tok, first: list[str], second: list[str | None] | None,
 # Reading a TFDS text dataset.
 
 
-def _text_column(examples: dict, field: str) -> list[str]:
+def text_column(examples: dict, field: str) -> list[str]:
   """'a' -> column a; 'a+b' -> 'A : B' (e.g. the target word before its usage example)."""
   parts = [examples[f] for f in field.split("+")]
   return [" : ".join(_str(p[i]) for p in parts) for i in range(len(parts[0]))]
@@ -97,15 +96,14 @@ def _str(x) -> str:
 
 def read_split(builder, name: str, data_dir: str, split: str, fields) -> tuple[dict, np.ndarray]:
   """{field: [str]} for the fields used, and labels int64 [N], in the split's order."""
-  from merlin_jax.data import pipeline
-  tfds = pipeline._tfds()
+  tfds = tfds_io.import_tfds()
   feats = builder.info.features
   needed = sorted({f for field in fields for f in field.split("+")})
   missing = [f for f in needed + ["label"] if f not in feats]
   if missing:
     raise ConfigError("data.text.fields", f"dataset {name!r} has no feature(s) {missing}; it "
                       f"has {sorted(feats.keys())}")
-  ds = pipeline._as_dataset(builder, name, data_dir, split, shuffle_files=False)
+  ds = tfds_io.as_dataset(builder, name, data_dir, split, shuffle_files=False)
   cols = {f: [] for f in needed}
   labels = []
   for batch in tfds.as_numpy(ds.batch(4096)):
@@ -113,10 +111,11 @@ def read_split(builder, name: str, data_dir: str, split: str, fields) -> tuple[d
       cols[f].extend(batch[f].tolist())
     labels.append(np.asarray(batch["label"], np.int64))
   labels = np.concatenate(labels) if labels else np.zeros([0], np.int64)
-  return {field: _text_column(cols, field) for field in fields}, labels
+  return {field: text_column(cols, field) for field in fields}, labels
 
 
 def tokenize_split(tok, texts: dict, fields, max_length: int) -> dict:
+  """{field: [str]} -> TOKENS of the one or two `fields` (encode_pairs)."""
   first = texts[fields[0]]
   second = texts[fields[1]] if len(fields) > 1 else None
   return encode_pairs(tok, first, second, max_length)
@@ -152,60 +151,7 @@ def stratified_holdout(labels: np.ndarray, num_train: int, num_val: int, seed: i
 
 
 # ---------------------------------------------------------------------------------------
-# The bundle the training program reads.
-
-
-def take_rows(tree, idx):
-  return {k: (take_rows(v, idx) if isinstance(v, dict) else v[idx]) for k, v in tree.items()}
-
-
-@dataclasses.dataclass
-class TextTransferData:
-  """TransferData for text targets (no source: finetune, l2sp, merlin_ft, target_only)."""
-
-  target_train: dict                 # {'image': TOKENS [N_tr, L], 'label': int32 [N_tr]}
-  target_val: dict                   # same layout, disjoint from target_train
-  num_target_classes: int
-  max_length: int
-  target_train_indices: np.ndarray | None = None
-  target_val_indices: np.ndarray | None = None
-  process_index: int = 0
-  process_count: int = 1
-  source: None = None
-  _eval: dict = dataclasses.field(default_factory=dict, repr=False)   # name -> (TOKENS, labels)
-
-  @property
-  def num_source_classes(self) -> int:   # no source head is trained; keeps Hyper well-formed
-    return self.num_target_classes
-
-  @property
-  def image_shape(self) -> tuple:
-    return (self.max_length,)
-
-  @property
-  def example_input(self) -> dict:
-    return {k: np.zeros((1, self.max_length), np.int32) for k in TOKEN_KEYS}
-
-  def eval_sets(self) -> list[str]:
-    return list(self._eval)
-
-  def eval_batches(self, name: str, batch_size: int) -> Iterator[dict]:
-    """Like pipeline.TransferData.eval_batches: this process's rows of padded global batches."""
-    if name not in self._eval:
-      raise KeyError(f"unknown eval set {name!r}; have {self.eval_sets()}")
-    if batch_size % self.process_count:
-      raise ConfigError("eval.batch_size", f"{batch_size} is not divisible by the "
-                        f"{self.process_count} processes")
-    local = batch_size // self.process_count
-    rows = slice(self.process_index * local, (self.process_index + 1) * local)
-    tokens, labels = self._eval[name]
-    for start in range(0, len(labels), batch_size):
-      lab = labels[start:start + batch_size]
-      n, pad = len(lab), batch_size - len(lab)
-      tok = {k: np.pad(v[start:start + batch_size], [(0, pad), (0, 0)]) for k, v in tokens.items()}
-      mask = np.pad(np.ones(n, np.float32), (0, pad))
-      yield {"image": {k: v[rows] for k, v in tok.items()},
-             "label": np.pad(lab, (0, pad)).astype(np.int32)[rows], "mask": mask[rows]}
+# The TransferData the training program reads.
 
 
 def _text_cfg(data_cfg):
@@ -224,30 +170,28 @@ def _text_cfg(data_cfg):
 
 
 def get_text_builder(name: str, data_dir: str):
-  """pipeline.get_builder; wordnet_wic is built on first use from /usr/share/wordnet."""
-  from merlin_jax.data import pipeline
-  builder = pipeline.get_builder(name, data_dir)
-  if pipeline._base_name(name) == "wordnet_wic" and not builder.is_prepared():
+  """tfds_io.get_builder; wordnet_wic is built on first use from /usr/share/wordnet."""
+  builder = tfds_io.get_builder(name, data_dir)
+  if tfds_io.base_name(name) == "wordnet_wic" and not builder.is_prepared():
     from merlin_jax.data.builders import wordnet_wic
     manual = wordnet_wic.find_manual_files(name, None)["dir"]
-    tfds = pipeline._tfds()
+    tfds = tfds_io.import_tfds()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual))
   return builder
 
 
 def load_text_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
-                            process_index: int = 0, process_count: int = 1) -> TextTransferData:
-  """config.data (kind 'text') -> TextTransferData (see the module docstring)."""
-  from merlin_jax.data import pipeline
+                            process_index: int = 0, process_count: int = 1) -> TransferData:
+  """config.data (kind 'text') -> TransferData with no source (see the module docstring)."""
   if need_source:
     raise ConfigError("method", "text targets have no source set here; use finetune, l2sp, "
                       "merlin_ft or target_only")
   text, fields = _text_cfg(data_cfg)
   tgt, data_dir = data_cfg.target, data_cfg.data_dir
   builder = get_text_builder(tgt.name, data_dir)
-  pipeline._check_num_classes(builder, tgt.name, data_cfg.num_target_classes,
-                              "data.num_target_classes")
+  tfds_io.check_num_classes(builder, tgt.name, data_cfg.num_target_classes,
+                            "data.num_target_classes")
   tok = make_tokenizer(text.tokenizer_dir, int(text.max_length))
 
   texts, labels = read_split(builder, tgt.name, data_dir, tgt.train_split, fields)
@@ -258,19 +202,21 @@ def load_text_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
   chosen = np.union1d(train_idx, val_idx)
   tokens = tokenize_split(tok, {f: [texts[f][i] for i in chosen] for f in fields}, fields,
                           int(text.max_length))
-  pos_train, pos_val = np.searchsorted(chosen, train_idx), np.searchsorted(chosen, val_idx)
-  labels32 = labels.astype(np.int32)
-  target_train = {"image": take_rows(tokens, pos_train), "label": labels32[chosen][pos_train]}
-  target_val = {"image": take_rows(tokens, pos_val), "label": labels32[chosen][pos_val]}
+  pool = {"inputs": tokens, "label": labels.astype(np.int32)[chosen]}
+  target_train = take_rows(pool, np.searchsorted(chosen, train_idx))
+  target_val = take_rows(pool, np.searchsorted(chosen, val_idx))
 
   test_texts, test_labels = read_split(builder, tgt.name, data_dir, tgt.test_split, fields)
   if test_labels.size and test_labels.min() < 0:
     raise DataError(f"{tgt.name}:{tgt.test_split} has no labels (GLUE's 'test'); use "
                     "target.test_split='validation' (the dev set the paper reports)")
   test_tokens = tokenize_split(tok, test_texts, fields, int(text.max_length))
-  return TextTransferData(
-      target_train=target_train, target_val=target_val,
-      num_target_classes=int(data_cfg.num_target_classes), max_length=int(text.max_length),
+  num_classes = int(data_cfg.num_target_classes)
+  return TransferData(
+      source=None, target_train=target_train, target_val=target_val,
+      # No source head is trained; the source count keeps Hyper well-formed.
+      num_source_classes=num_classes, num_target_classes=num_classes,
       target_train_indices=train_idx, target_val_indices=val_idx,
       process_index=process_index, process_count=process_count,
-      _eval={"target_test": (test_tokens, test_labels.astype(np.int32))})
+      eval_data={"target_test": EvalSet(arrays={"inputs": test_tokens,
+                                                "label": test_labels.astype(np.int32)})})

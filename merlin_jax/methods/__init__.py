@@ -1,5 +1,6 @@
 """Every method, one module each. `get_method(name)`; add a method by adding a module
-that defines `METHOD = Method(...)` (it is discovered automatically)."""
+that defines `METHOD = Method(...)` (it is discovered automatically), or register one from
+your own code with `register_method(Method(...))`."""
 
 from __future__ import annotations
 
@@ -7,24 +8,32 @@ import importlib
 import pkgutil
 
 from merlin_jax.errors import ConfigError
-from merlin_jax.methods.base import Context, Hyper, Method  # noqa: F401
+from merlin_jax.methods.base import (  # noqa: F401  (the public names)
+    Context, HParam, Hyper, Method, declare, declared)
 
 _NOT_METHODS = {"base", "meta"}
+METHODS: dict[str, Method] = {}
 
 
-def _discover() -> dict[str, Method]:
-  found = {}
+def register_method(method: Method) -> Method:
+  """Makes `method` available as `config.method = method.name` (its hyperparameters become
+  config keys of base_config and attributes of Hyper)."""
+  declare(method.hyperparameters)
+  METHODS[method.name] = method
+  return method
+
+
+def _discover() -> None:
   for info in pkgutil.iter_modules(__path__):
     if info.name in _NOT_METHODS:
       continue
     module = importlib.import_module(f"{__name__}.{info.name}")
     method = getattr(module, "METHOD", None)
     if isinstance(method, Method):
-      found[method.name] = method
-  return found
+      register_method(method)
 
 
-METHODS: dict[str, Method] = _discover()
+_discover()
 
 
 def get_method(name: str) -> Method:

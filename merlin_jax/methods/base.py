@@ -1,21 +1,22 @@
-"""What every method shares: the objective signature, one backbone pass, the two losses.
+"""The method contract: the objective signature, what a method declares, the shared pieces.
 
-A method is one pure objective
+A method is one module in this package that registers `METHOD = Method(...)`:
 
     objective(ctx, params, state, batch, key, anchor) -> (loss, (new_state, metrics))
 
 params : {'backbone': ..., 'source_head': {'w','b'}, 'target_head': {'w','b'}}
 state  : the backbone's non-trainable collections (e.g. {'batch_stats': ...}; may be {})
-batch  : {'source': {'image', 'label'} or None,
-          'target': {'image', 'label'}}   # the whole labelled target-train pool, on device
-         'image' is the model input: pixels [N, H, W, C], or any pytree of arrays with a
+batch  : {'source': {'inputs', 'label'} or None,
+          'target': {'inputs', 'label'}}   # the whole labelled target-train pool, on device
+         'inputs' is the model input: pixels [N, H, W, C], or any pytree of arrays with a
          leading batch axis (e.g. a dict of token arrays for a text backbone).
 key    : per-step PRNG key (split resampling, head init, target minibatch)
-anchor : the pre-trained backbone params w0 (L2-SP), else None
+anchor : the pre-trained backbone params w0 when the method sets `uses_anchor`, else None
 
-and a few facts the training program needs (does it read the source? does it start from
-pre-trained weights? how is its target accuracy evaluated?). Each method lives in its own
-module in this package and registers a `Method` named `METHOD`.
+and what the training program needs to know without naming the method: does it read the
+source, does it start from pre-trained weights (and keep them as an anchor), which head is
+evaluated, its hyperparameters (`HParam`: config key, default, check; read in objectives
+as `ctx.hp.<name>`) and any check of the data against them (`check_data`).
 """
 
 from __future__ import annotations
@@ -33,18 +34,95 @@ from merlin_jax.models import Backbone, apply_head
 
 
 @dataclasses.dataclass(frozen=True)
+class HParam:
+  """A method hyperparameter: config key (top level or 'section.name'), default, check.
+
+  `check(value)` returns None when the value is valid, else the error text (the training
+  program raises ConfigError naming the key). Several methods may declare the same key
+  (e.g. 'alpha') with the same default and their own checks.
+  """
+  key: str
+  default: Any
+  help: str = ""
+  check: Callable[[Any], str | None] | None = None
+
+  @property
+  def name(self) -> str:
+    """The attribute on Hyper: 'split.train_size' -> 'split_train_size'."""
+    return self.key.replace(".", "_")
+
+
+def at_least(low):
+  """An HParam check: value >= low."""
+  return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def above(low):
+  """An HParam check: value > low."""
+  return lambda v: None if v > low else f"must be > {low}, got {v}"
+
+
+# Every hyperparameter a registered method declared: name -> HParam (methods/__init__.py).
+_DECLARED: dict[str, HParam] = {}
+
+
+def declare(hparams) -> None:
+  """Makes `hparams` known to Hyper and base_config (called when a method is registered)."""
+  for hp in hparams:
+    old = _DECLARED.get(hp.name)
+    if old is not None and (old.key, old.default) != (hp.key, hp.default):
+      raise ValueError(f"hyperparameter {hp.key!r} is declared twice with different defaults "
+                       f"({old.default!r}, {hp.default!r})")
+    _DECLARED.setdefault(hp.name, hp)
+
+
+def declared() -> dict[str, HParam]:
+  """name -> HParam of every registered method's hyperparameters."""
+  return dict(_DECLARED)
+
+
 class Hyper:
-  """The hyperparameters objectives read (static under jit)."""
-  num_source_classes: int
-  num_target_classes: int
-  rho: float = 1.0                   # MeRLin: weight of L_meta,t
-  alpha: float = 0.5                 # joint: weight of L_tgt; L2-SP: backbone pull to w0
-  beta: float = 0.01                 # L2-SP: weight decay of the new head
-  inner: InnerConfig = InnerConfig()
-  split_train_size: int = 100        # MeRLin: |D_t^tr| per outer step
-  split_val_size: int = 100          # MeRLin: |D_t^val| per outer step
-  target_batch_size: int = 0         # other methods: target examples per step (0 = all)
-  label_smoothing: float = 0.0
+  """The hyperparameters objectives read, as attributes: frozen and hashable (static
+  under jit, where the training step closes over it).
+
+  Common to every method: num_source_classes, num_target_classes, label_smoothing and
+  inner (the inner solver, also the 'probe' evaluation's). Any other name is a method
+  hyperparameter: given here, or the default its declaring method gave (`HParam`).
+  """
+
+  __slots__ = ("_items",)
+
+  def __init__(self, *, num_source_classes: int, num_target_classes: int,
+               label_smoothing: float = 0.0, inner: InnerConfig = InnerConfig(), **method_values):
+    for name in method_values:
+      if name not in _DECLARED:
+        raise TypeError(f"Hyper: {name!r} is not a hyperparameter of any registered method")
+    items = dict(num_source_classes=num_source_classes, num_target_classes=num_target_classes,
+                 label_smoothing=label_smoothing, inner=inner, **method_values)
+    object.__setattr__(self, "_items", tuple(sorted(items.items())))
+
+  def __getattr__(self, name):
+    for k, v in object.__getattribute__(self, "_items"):
+      if k == name:
+        return v
+    if name in _DECLARED:
+      return _DECLARED[name].default
+    raise AttributeError(f"Hyper has no {name!r}; declare it as an HParam of the method")
+
+  def __setattr__(self, name, value):
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+  def replace(self, **changes) -> "Hyper":
+    return Hyper(**{**dict(self._items), **changes})
+
+  def __hash__(self):
+    return hash(self._items)
+
+  def __eq__(self, other):
+    return isinstance(other, Hyper) and self._items == other._items
+
+  def __repr__(self):
+    return "Hyper(" + ", ".join(f"{k}={v!r}" for k, v in self._items) + ")"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,29 +147,57 @@ class Method:
   # False: the final model (pre-training: phi_pre is what source training ends with; choosing
   # it on the target would make the first stage target-aware).
   select_on_target_val: bool = True
+  hyperparameters: tuple[HParam, ...] = ()
+  uses_anchor: bool = False    # the objective gets the pre-trained backbone as `anchor`
+  # check_data(hp, num_target_train): raises ConfigError when the data cannot serve the
+  # hyperparameters (e.g. a split larger than the target set).
+  check_data: Callable[[Hyper, int], None] | None = None
 
   def __post_init__(self):
     if self.eval_head not in ("learned", "probe"):
       raise ValueError(f"eval_head must be 'learned' or 'probe', got {self.eval_head!r}")
+    if self.uses_anchor and not self.needs_pretrained:
+      raise ValueError(f"{self.name}: an anchor is the pre-trained start: set needs_pretrained")
+
+  def hyper_values(self, config) -> dict:
+    """{name: value} of this method's hyperparameters in `config`, each checked."""
+    values = {}
+    for hp in self.hyperparameters:
+      node = config
+      for part in hp.key.split("."):
+        node = node[part]
+      message = hp.check(node) if hp.check else None
+      if message:
+        raise ConfigError(hp.key, message)
+      # The declared type (a float key given as 3 is 3.0), as static values under jit.
+      values[hp.name] = type(hp.default)(node) if isinstance(hp.default, (int, float)) else node
+    return values
+
+  def hyper(self, config, num_source_classes: int, num_target_classes: int) -> Hyper:
+    """The Hyper of a run of this method: the common values and its hyperparameters."""
+    return Hyper(num_source_classes=int(num_source_classes),
+                 num_target_classes=int(num_target_classes),
+                 label_smoothing=float(config.label_smoothing),
+                 inner=InnerConfig.from_config(config.inner), **self.hyper_values(config))
 
 
 # ---------------------------------------------------------------------------------------
 # Shared pieces.
 
 
-def backbone_features(ctx: Context, params, state, source_images, target_images,
+def backbone_features(ctx: Context, params, state, source_inputs, target_inputs,
                       train: bool = True):
   """One backbone pass over [source; target] (either may be None).
 
   Returns (source_features or None, target_features or None, new_state). One pass means
   batch-norm statistics come from the combined batch and running averages update once.
   """
-  parts = [x for x in (source_images, target_images) if x is not None]
+  parts = [x for x in (source_inputs, target_inputs) if x is not None]
   x = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
   feats, new_state = ctx.backbone.features(params["backbone"], state, x, train)
-  n_src = 0 if source_images is None else batch_size(source_images)
-  f_src = feats[:n_src] if source_images is not None else None
-  f_tgt = feats[n_src:] if target_images is not None else None
+  n_src = 0 if source_inputs is None else batch_size(source_inputs)
+  f_src = feats[:n_src] if source_inputs is not None else None
+  f_tgt = feats[n_src:] if target_inputs is not None else None
   return f_src, f_tgt, new_state
 
 
@@ -102,6 +208,17 @@ def batch_size(inputs) -> int:
 def take(tree, idx):
   """Rows `idx` of every array in `tree` (inputs may be pytrees)."""
   return jax.tree.map(lambda a: a[idx], tree)
+
+
+# The target minibatch of the methods that train a target head by gradient steps.
+TARGET_BATCH_SIZE = HParam("target_batch_size", 0, "target examples per step (0 = the whole "
+                           "target-train pool)", at_least(0))
+
+
+def check_target_batch(hp: Hyper, num_target_train: int) -> None:
+  if hp.target_batch_size > num_target_train:
+    raise ConfigError("target_batch_size", f"{hp.target_batch_size} exceeds the "
+                      f"{num_target_train} target training examples")
 
 
 def sample_target_batch(key, target, size: int):

@@ -4,7 +4,8 @@ L_tgt + alpha/2 ||w - w0||^2 (backbone) + beta/2 ||theta_t||^2 (new head weights
 """
 
 from merlin_jax import losses
-from merlin_jax.methods.base import Method
+from merlin_jax.methods.base import (TARGET_BATCH_SIZE, HParam, Method, at_least,
+                                     check_target_batch)
 from merlin_jax.methods.target_only import target_objective
 
 
@@ -20,5 +21,10 @@ def objective(ctx, params, state, batch, key, anchor=None):
 
 
 METHOD = Method("l2sp", objective, uses_source=False, needs_pretrained=True,
-                eval_head="learned",
-                description="L_tgt + alpha/2 ||w-w0||^2 + beta/2 ||head||^2 from pre-trained")
+                eval_head="learned", uses_anchor=True,
+                description="L_tgt + alpha/2 ||w-w0||^2 + beta/2 ||head||^2 from pre-trained",
+                hyperparameters=(
+                    HParam("alpha", 0.5, "pull of the backbone to w0", at_least(0)),
+                    HParam("beta", 0.01, "weight decay of the new head", at_least(0)),
+                    TARGET_BATCH_SIZE),
+                check_data=check_target_batch)

@@ -1,7 +1,7 @@
 """MeRLin: min_{phi, theta_s}  L_{D_s}(theta_s, phi) + rho * L_meta,t(phi)   (Algorithm 1, l. 9)."""
 
 from merlin_jax.methods.base import Method
-from merlin_jax.methods.meta import merlin_terms
+from merlin_jax.methods.meta import META_HPARAMS, check_split, merlin_terms
 
 
 def objective(ctx, params, state, batch, key, anchor=None):
@@ -14,5 +14,5 @@ def objective(ctx, params, state, batch, key, anchor=None):
 
 
 METHOD = Method("merlin", objective, uses_source=True, needs_pretrained=False,
-                eval_head="probe",
+                eval_head="probe", hyperparameters=META_HPARAMS, check_data=check_split,
                 description="L_src + rho * L_meta,t, from random init (Table 1)")

@@ -1,7 +1,7 @@
 """MeRLin-ft: from pre-trained weights, min_phi rho * L_meta,t(phi) on the target only (Table 2)."""
 
 from merlin_jax.methods.base import Method
-from merlin_jax.methods.meta import merlin_terms
+from merlin_jax.methods.meta import META_HPARAMS, check_split, merlin_terms
 
 
 def objective(ctx, params, state, batch, key, anchor=None):
@@ -14,5 +14,5 @@ def objective(ctx, params, state, batch, key, anchor=None):
 
 
 METHOD = Method("merlin_ft", objective, uses_source=False, needs_pretrained=True,
-                eval_head="probe",
+                eval_head="probe", hyperparameters=META_HPARAMS, check_data=check_split,
                 description="rho * L_meta,t only, from pre-trained weights (Table 2)")

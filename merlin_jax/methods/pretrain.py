@@ -6,7 +6,7 @@ from merlin_jax.methods.base import Method, backbone_features, source_loss
 def objective(ctx, params, state, batch, key, anchor=None):
   del key, anchor
   source = batch["source"]
-  f_src, _, new_state = backbone_features(ctx, params, state, source["image"], None)
+  f_src, _, new_state = backbone_features(ctx, params, state, source["inputs"], None)
   loss, metrics = source_loss(ctx, params, f_src, source["label"])
   metrics["loss"] = loss
   return loss, (new_state, metrics)

@@ -2,7 +2,8 @@
 
 A backbone is a Flax Linen module `module.apply(variables, x, train=...) -> features`,
 wrapped by `Backbone` into pure functions over (params, state) so that methods never touch
-Flax collections directly. Register a new backbone by adding it to `_FACTORIES`.
+Flax collections directly. Add a backbone with `register_backbone` (here, or from your own
+code): a module factory and, if its pre-trained weights come in another layout, a reader.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from merlin_jax.errors import ConfigError
-from merlin_jax.models import bert, cnn, resnet
+from merlin_jax.models import bert, cnn, resnet, weights
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
 
 
@@ -34,16 +35,39 @@ def _resnet50(cfg):
   return resnet.ResNet50(small_inputs=cfg.get("small_inputs", False))
 
 
-_FACTORIES: dict[str, Callable[[Any], nn.Module]] = {
-    "small_cnn": _small_cnn,
-    "resnet18": _resnet18,
-    "resnet50": _resnet50,
-    "bert": bert.make_bert,   # text: inputs are {'input_ids', 'token_type_ids', 'attention_mask'}
+def read_export_weights(path: str) -> dict:
+  """The flat weights ('params/backbone/...', 'model_state/...') of a merlin_jax export: a
+  .safetensors file or a workdir holding model.safetensors."""
+  from merlin_jax import checkpointing  # orbax: only when weights are loaded
+  return checkpointing.load_safetensors(checkpointing.resolve_pretrained(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+  """How to build a backbone from `config.model` and read its pre-trained weights.
+
+  factory(model_cfg) -> a Linen module `apply(variables, x, train=...) -> features`.
+  read_weights(path) -> flat {name: array} in the export layout ('params/backbone/...'),
+  for `config.pretrained.path` (default: a merlin_jax export).
+  """
+  factory: Callable[[Any], nn.Module]
+  read_weights: Callable[[str], dict] = read_export_weights
+
+
+_BACKBONES: dict[str, BackboneSpec] = {
+    "small_cnn": BackboneSpec(_small_cnn),
+    "resnet18": BackboneSpec(_resnet18),
+    "resnet50": BackboneSpec(_resnet50),
+    # text: inputs are {'input_ids', 'token_type_ids', 'attention_mask'}; pre-trained
+    # weights may also be a Hugging Face BERT directory or the MiniLM alias.
+    "bert": BackboneSpec(bert.make_bert, weights.read_pretrained),
 }
 
 
-def register_backbone(name: str, factory: Callable[[Any], nn.Module]) -> None:
-  _FACTORIES[name] = factory
+def register_backbone(name: str, factory: Callable[[Any], nn.Module],
+                      read_weights: Callable[[str], dict] = read_export_weights) -> None:
+  """Makes `config.model.name = name` build `factory(config.model)` (from your own code)."""
+  _BACKBONES[name] = BackboneSpec(factory, read_weights)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +75,11 @@ class Backbone:
   """h_phi as pure functions.
 
   params: the 'params' collection; state: every other collection (e.g. 'batch_stats'),
-  possibly empty.
+  possibly empty. `read_weights(path)`: the flat pre-trained weights at `path`.
   """
   module: nn.Module
   feature_dim: int
+  read_weights: Callable[[str], dict] = read_export_weights
 
   def init(self, key: jax.Array, example_input: jax.Array):
     variables = self.module.init(key, example_input, train=False)
@@ -74,13 +99,14 @@ class Backbone:
 
 def make_backbone(model_cfg, example_input_shape, dtype=jnp.float32) -> Backbone:
   name = model_cfg.name
-  if name not in _FACTORIES:
-    raise ConfigError("model.name", f"unknown backbone {name!r}; choose one of {sorted(_FACTORIES)}")
-  module = _FACTORIES[name](model_cfg)
+  if name not in _BACKBONES:
+    raise ConfigError("model.name", f"unknown backbone {name!r}; choose one of {sorted(_BACKBONES)}")
+  spec = _BACKBONES[name]
+  module = spec.factory(model_cfg)
   example = example_input(example_input_shape, dtype)
   shape = jax.eval_shape(lambda: module.init(jax.random.key(0), example))
   out = jax.eval_shape(lambda v: module.apply(v, example), shape)
-  return Backbone(module=module, feature_dim=int(out.shape[-1]))
+  return Backbone(module=module, feature_dim=int(out.shape[-1]), read_weights=spec.read_weights)
 
 
 def example_input(shape_or_example, dtype=jnp.float32):

@@ -72,9 +72,13 @@ class BertConfig:
     return dataclasses.asdict(self)
 
 
-class BertEmbeddings(nn.Module):
+class BertModule(nn.Module):
+  """A BERT sub-module: the architecture and the activations' dtype."""
   cfg: BertConfig
   dtype: jnp.dtype = jnp.float32
+
+
+class BertEmbeddings(BertModule):
 
   @nn.compact
   def __call__(self, input_ids, token_type_ids):
@@ -91,10 +95,8 @@ class BertEmbeddings(nn.Module):
     return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="LayerNorm")(x)
 
 
-class BertLayer(nn.Module):
+class BertLayer(BertModule):
   """One post-LN transformer block: x + MHA -> LN -> x + FFN -> LN."""
-  cfg: BertConfig
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, bias):

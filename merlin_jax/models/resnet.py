@@ -17,12 +17,15 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
-class ResNetBlock(nn.Module):
+class Block(nn.Module):
+  """What both residual blocks are built from."""
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
 
+
+class ResNetBlock(Block):
   @nn.compact
   def __call__(self, x):
     residual = x
@@ -36,12 +39,7 @@ class ResNetBlock(nn.Module):
     return nn.relu(residual + y)
 
 
-class BottleneckResNetBlock(nn.Module):
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  strides: tuple[int, int] = (1, 1)
-
+class BottleneckResNetBlock(Block):
   @nn.compact
   def __call__(self, x):
     residual = x

@@ -121,16 +121,11 @@ def hf_to_params(flat: dict[str, np.ndarray]) -> dict:
 
 def load_hf_file(path: str) -> dict[str, np.ndarray]:
   """{name: array} of a safetensors file (a dir means its model.safetensors)."""
-  from safetensors.numpy import load_file
+  from merlin_jax.checkpointing import load_safetensors  # orbax: only when weights are loaded
   if os.path.isdir(path):
     path = os.path.join(path, WEIGHTS_FILE)
-  if not os.path.isfile(path):
-    raise UserError(f"BERT weights file {path} does not exist (only safetensors weights "
-                    f"are read; convert a pytorch_model.bin to {WEIGHTS_FILE} first)")
-  try:
-    return load_file(path)
-  except Exception as e:  # noqa: BLE001
-    raise UserError(f"{path} is not a readable safetensors file ({type(e).__name__})") from None
+  return load_safetensors(path, "BERT weights file", "only safetensors weights are read; "
+                          f"convert a pytorch_model.bin to {WEIGHTS_FILE} first")
 
 
 def load_bert_params(hf_dir: str, template=None) -> dict:
@@ -155,7 +150,10 @@ def as_export_layout(flat: dict[str, np.ndarray], prefix: str = "params/backbone
   return {f"{prefix}/{k}": v for k, v in params.items()}
 
 
-def resolve_pretrained_path(path: str) -> str:
-  """config.pretrained.path for BERT: an HF dir, the MiniLM alias, or anything
-  `checkpointing.resolve_pretrained` accepts (a workdir, a .safetensors file)."""
-  return resolve_hf_dir(path) if path == MINILM else path
+def read_pretrained(path: str) -> dict[str, np.ndarray]:
+  """config.pretrained.path for BERT -> flat weights in the export layout: an HF directory
+  (or the MiniLM alias), or anything a merlin_jax export accepts (a workdir, a .safetensors
+  file, in either layout)."""
+  from merlin_jax import checkpointing  # orbax: only when weights are loaded
+  path = resolve_hf_dir(path) if path == MINILM else path
+  return as_export_layout(checkpointing.load_safetensors(checkpointing.resolve_pretrained(path)))

@@ -16,7 +16,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from merlin_jax.data.builders import common
-
 from merlin_jax.errors import DataError
 
 TRAIN_PER_CLASS = 60
@@ -55,23 +54,14 @@ def find_manual_files(name: str, manual_dir: str | None):
 class Caltech256(common.OfflineBuilder):
   """Caltech-256 (256 classes, clutter excluded) from a manual dir."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = PREPARE_HINT
 
   def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=256),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return common.image_label_info(
+        self, tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"), 256)
 
   def _split_generators(self, dl_manager):
-    from merlin_jax.data.builders.idx_local import _manual_dir
-    files = find_manual_files("caltech256", _manual_dir(dl_manager))
+    files = find_manual_files("caltech256", common.manual_dir(dl_manager))
     return {s: self._generate_examples(files[s]) for s in ("train", "test")}
 
   def _generate_examples(self, items):

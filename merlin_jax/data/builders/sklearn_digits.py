@@ -33,24 +33,10 @@ def load_split_arrays(image_size: int = 28):
 class SklearnDigits(common.OfflineBuilder):
   """scikit-learn's handwritten digits (UCI optdigits test set), 28x28x1."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
   def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return common.image_label_info(self, tfds.features.Image(shape=(28, 28, 1)), 10)
 
   def _split_generators(self, dl_manager):
     del dl_manager
     arrays = load_split_arrays(28)
     return {name: self._generate_examples(*arrays[name]) for name in ("train", "test")}
-
-  def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}

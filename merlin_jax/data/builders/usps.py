@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from merlin_jax.data.builders import common
-
 from merlin_jax.errors import DataError
 
 PREPARE_HINT = ("put usps.h5 (Kaggle bistaumanga/usps-dataset) or LIBSVM's usps.bz2 + "
@@ -80,27 +79,13 @@ def _to_uint8(x):
 class Usps(common.OfflineBuilder):
   """USPS digits from a manual dir (usps.h5 or LIBSVM usps.bz2)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = PREPARE_HINT
 
   def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(16, 16, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-    )
+    return common.image_label_info(self, tfds.features.Image(shape=(16, 16, 1)), 10)
 
   def _split_generators(self, dl_manager):
-    from merlin_jax.data.builders.idx_local import _manual_dir
-    files = find_manual_files("usps", _manual_dir(dl_manager))
+    files = find_manual_files("usps", common.manual_dir(dl_manager))
     arrays = (read_h5(files["h5"]) if "h5" in files else
               {s: read_libsvm(files[s]) for s in ("train", "test")})
     return {s: self._generate_examples(*arrays[s]) for s in ("train", "test")}
-
-  def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}

@@ -120,8 +120,6 @@ def build_pairs(files: dict[str, str], seed: int = 0) -> dict[str, list[dict]]:
 class WordnetWic(common.OfflineBuilder):
   """WiC-style (usage example, gloss) pairs from WordNet's data files."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = PREPARE_HINT
 
   def _info(self):
@@ -138,8 +136,7 @@ class WordnetWic(common.OfflineBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    from merlin_jax.data.builders.idx_local import _manual_dir
-    found = find_manual_files("wordnet_wic", _manual_dir(dl_manager))
+    found = find_manual_files("wordnet_wic", common.manual_dir(dl_manager))
     pairs = build_pairs(found["files"])
     return {split: self._generate_examples(rows) for split, rows in pairs.items()}
 

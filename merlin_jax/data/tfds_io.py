@@ -1,0 +1,169 @@
+"""TFDS access: builders, splits and one-line DataErrors (TF imported lazily: it takes seconds).
+
+Every dataset is read through TFDS (`tfds.builder(name, data_dir)`): our offline builders
+(`merlin_jax.data.builders`) and the catalog sets of the paper's experiments alike. Nothing
+here downloads: a dataset that is not prepared raises a DataError naming the command.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable
+
+import numpy as np
+
+from merlin_jax.errors import ConfigError, DataError
+
+
+@functools.lru_cache(maxsize=None)
+def import_tf():
+  """The tensorflow module, with the GPU hidden from it."""
+  import tensorflow as tf
+  try:  # the accelerator belongs to JAX: TF only reads files and decodes images on CPU
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # already initialised by someone else
+    pass
+  return tf
+
+
+def import_tfds():
+  """The tensorflow_datasets module, with our builders registered."""
+  import_tf()
+  import tensorflow_datasets as tfds
+  from merlin_jax.data import builders  # noqa: F401  registers our builders
+  return tfds
+
+
+def base_name(name: str) -> str:
+  """'printed_digits/tiny:1.0.0' -> 'printed_digits'."""
+  return name.split("/")[0].split(":")[0]
+
+
+def first_line(e: Exception) -> str:
+  """The first line of an exception's message (its type name when it has none)."""
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def prepare_hint(name: str, data_dir: str) -> str:
+  """The command that prepares dataset `name` (for DataError messages)."""
+  from merlin_jax.data import builders
+  dd = data_dir or "~/tensorflow_datasets"
+  if base_name(name) in builders.MANUAL:
+    return (f"run `python -m merlin_jax.data.prepare {name} --manual_dir=DIR "
+            f"--data_dir={dd}` once")
+  return (f"run `tfds build {name} --data_dir={dd}` once (datasets with manual downloads, "
+          f"e.g. imagenet2012, also need --manual_dir; see the config's docstring)")
+
+
+def get_builder(name: str, data_dir: str = ""):
+  """tfds.builder(name) and, for our pip-only builders, build on first use.
+
+  Never downloads: catalog and manual-dir datasets must have been prepared beforehand
+  (reading them raises DataError naming the command).
+  """
+  tfds = import_tfds()
+  from merlin_jax.data import builders
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # DatasetNotFoundError, unknown builder config, ...
+    raise DataError(f"dataset {name!r}: not a TFDS catalog name nor a merlin_jax builder "
+                    f"({first_line(e)})") from None
+  if base_name(name) in builders.PIP_ONLY:
+    if not builder.is_prepared():
+      logging.info("Building %s in %s (first use; nothing is downloaded).", name,
+                   builder.data_dir)
+    try:
+      builder.download_and_prepare()
+    except Exception:  # pylint: disable=broad-except
+      # Several processes building into one shared data dir: TFDS writes to a temporary
+      # folder and renames it, so the loser of the race finds the dataset prepared.
+      builder = tfds.builder(name, data_dir=data_dir or None)
+      if not builder.is_prepared():
+        raise
+  return builder
+
+
+def as_dataset(builder, name: str, data_dir: str, split: str, **kwargs):
+  """builder.as_dataset with one-line DataErrors for unprepared data / unknown splits."""
+  try:
+    return builder.as_dataset(split=split, **kwargs)
+  except AssertionError:  # TFDS: "could not find data in DIR"
+    raise DataError(f"dataset {name!r} is not prepared in "
+                    f"{data_dir or '~/tensorflow_datasets'}: {prepare_hint(name, data_dir)}"
+                    ) from None
+  except (KeyError, ValueError) as e:
+    raise DataError(f"dataset {name!r}: cannot read split {split!r} ({first_line(e)})"
+                    ) from None
+
+
+def num_examples(builder, split: str) -> int | None:
+  """Examples in `split` from the dataset info (None when unknown, e.g. mock data)."""
+  try:
+    return int(builder.info.splits[split].num_examples) or None
+  except Exception:  # pylint: disable=broad-except  (unknown split info, e.g. mock data)
+    return None
+
+
+def check_num_classes(builder, name: str, expected: int, key: str):
+  """ConfigError(key) unless the dataset's 'label' feature has `expected` classes."""
+  try:
+    actual = builder.info.features["label"].num_classes
+  except Exception:  # pylint: disable=broad-except
+    raise DataError(f"dataset {name!r} has no 'label' ClassLabel feature") from None
+  if actual != expected:
+    raise ConfigError(key, f"{expected}, but dataset {name!r} has {actual} classes")
+
+
+def skip_decoding():
+  """Read only 'image' (still encoded) and 'label': other features (bboxes, captions) are
+  never parsed, and images are decoded after filtering / skipping."""
+  tfds = import_tfds()
+  return tfds.decode.PartialDecoding({"image": True, "label": True},
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def decode_examples(ds, builder, image_fn: Callable):
+  """Examples read with skip_decoding() -> (image_fn(decoded image), label int32), in order."""
+  tf = import_tf()
+  image_feature = builder.info.features["image"]
+  return ds.map(lambda ex: (image_fn(image_feature.decode_example(ex["image"])),
+                            tf.cast(ex["label"], tf.int32)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def load_labels(builder, name: str, data_dir: str, split: str) -> np.ndarray:
+  """All labels of `split` in record order (images are not decoded). -> int64 [N]."""
+  tfds = import_tfds()
+  ds = as_dataset(builder, name, data_dir, split, shuffle_files=False,
+                  decoders=skip_decoding())
+  ds = ds.map(lambda ex: ex["label"]).batch(65536)
+  parts = [np.asarray(x) for x in tfds.as_numpy(ds)]
+  return np.concatenate(parts).astype(np.int64) if parts else np.zeros([0], np.int64)
+
+
+def load_arrays(builder, name: str, data_dir: str, split: str, image_fn: Callable,
+                indices: np.ndarray | None = None):
+  """Decode + preprocess `split` (or only the records at sorted `indices`) into numpy.
+
+  -> (images float32 [N, S, S, C], labels int32 [N]) in record order.
+  """
+  tf, tfds = import_tf(), import_tfds()
+  ds = as_dataset(builder, name, data_dir, split, shuffle_files=False,
+                  decoders=skip_decoding())
+  if indices is not None:
+    total = int(indices.max()) + 1 if len(indices) else 0
+    keep = np.zeros([total], bool)
+    keep[indices] = True
+    keep = tf.constant(keep)
+    keep_fn = lambda i, ex: tf.logical_and(i < total, tf.gather(keep, tf.minimum(i, total - 1)))
+    ds = ds.enumerate().filter(keep_fn)
+    ds = ds.map(lambda i, ex: ex)
+  ds = decode_examples(ds, builder, image_fn).batch(1024).prefetch(2)
+  images, labels = [], []
+  for x, y in tfds.as_numpy(ds):
+    images.append(x)
+    labels.append(y)
+  if not images:
+    raise DataError(f"dataset {name!r} split {split!r} is empty")
+  return np.concatenate(images), np.concatenate(labels)
