@@ -9,10 +9,12 @@ pip-installed packages; nothing is downloaded. Runs in a few minutes on 2 CPU co
 Hyperparameters marked "ours" are not from the paper (which does not give them).
 """
 
+from configs import common
 from merlin_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, local=False)
   c = base_config()
   c.method = "merlin"
   c.total_steps = 600
@@ -27,8 +29,6 @@ def get_config(arg: str | None = None):
   c.inner.lr = 1.0                  # ours: relative to 1 / L_hat (stable below 2)
   c.rho = 1.0                       # ours
   c.eval.every = 100
-  if arg == "local":                # tiny smoke run
-    c.total_steps = 20
-    c.eval.every = 10
-    c.log_every = 5
+  if arg.local:                     # tiny smoke run
+    common.local(c)
   return c

@@ -9,10 +9,12 @@ labelled subset of scikit-learn's 8x8 handwritten digits resized to 28x28 (a sma
 USPS-like set), test = the builder's held-out split. Hyperparameters marked "ours".
 """
 
+from configs import common
 from merlin_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, local=False)
   c = base_config()
   c.method = "merlin"
   c.total_steps = 600               # ours
@@ -26,8 +28,6 @@ def get_config(arg: str | None = None):
   c.inner.steps = 20                # ours
   c.rho = 1.0                       # ours
   c.eval.every = 100
-  if arg == "local":
-    c.total_steps = 20
-    c.eval.every = 10
-    c.log_every = 5
+  if arg.local:
+    common.local(c)
   return c

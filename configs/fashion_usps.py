@@ -16,10 +16,12 @@ USPS's 16x16 images are resized to Fashion-MNIST's 28x28x1. Small CNN; a few min
 `--config=configs/fashion_usps.py:local` is a tiny smoke run.
 """
 
+from configs import common
 from merlin_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, local=False)
   c = base_config()
   c.method = "merlin"
   c.total_steps = 2000              # ours
@@ -45,8 +47,6 @@ def get_config(arg: str | None = None):
   c.inner.steps = 20                # ours
   c.inner.lr = 1.0                  # ours: eta relative to 1/L_hat (inner.step_size="normalized")
   c.rho = 1.0                       # ours
-  if arg == "local":
-    c.total_steps = 20
-    c.eval.every = 10
-    c.log_every = 5
+  if arg.local:
+    common.local(c)
   return c

@@ -12,8 +12,7 @@ Note: merlin_ft's 'probe' evaluation featurises the whole D_t (~103k pairs) in o
 set data.target.num_train lower (e.g. 20000) on a small accelerator.
 """
 
-import importlib.util
-import os
+from configs import common
 
 TASK = "glue/qnli"
 FIELDS = ('question', 'sentence')
@@ -21,13 +20,5 @@ NUM_TRAIN_SPLIT = 104743        # examples in TFDS glue/qnli 'train'
 NUM_VAL = 2000                 # ours: held out of train for model selection
 
 
-def _glue_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glue_mrpc.py")
-  spec = importlib.util.spec_from_file_location("configs_glue_mrpc", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.glue_config
-
-
 def get_config(arg: str | None = None):
-  return _glue_config()(TASK, FIELDS, NUM_TRAIN_SPLIT, NUM_VAL, arg)
+  return common.glue(TASK, FIELDS, NUM_TRAIN_SPLIT, NUM_VAL, arg)

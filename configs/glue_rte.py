@@ -10,8 +10,7 @@ paper gives none), on TFDS `glue/rte` (`tfds build glue/rte --data_dir=...`): de
 of 'train'. 3 epochs = 210 steps of batch 32.
 """
 
-import importlib.util
-import os
+from configs import common
 
 TASK = "glue/rte"
 FIELDS = ('sentence1', 'sentence2')
@@ -19,13 +18,5 @@ NUM_TRAIN_SPLIT = 2490        # examples in TFDS glue/rte 'train'
 NUM_VAL = 250                 # ours: held out of train for model selection
 
 
-def _glue_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glue_mrpc.py")
-  spec = importlib.util.spec_from_file_location("configs_glue_mrpc", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.glue_config
-
-
 def get_config(arg: str | None = None):
-  return _glue_config()(TASK, FIELDS, NUM_TRAIN_SPLIT, NUM_VAL, arg)
+  return common.glue(TASK, FIELDS, NUM_TRAIN_SPLIT, NUM_VAL, arg)

@@ -15,10 +15,10 @@ Needs an accelerator (ResNet at 224x224). Hyperparameters marked "ours" are not 
 the paper. `:local` shrinks everything for a smoke run (still needs the prepared data).
 """
 
-from merlin_jax.config_base import large_image_pair
+from configs import common
 
 
 def get_config(arg: str | None = None):
   # ours: our caltech256 builder's train split (60 per class): 14,080 for D_t, 1,280 (5 per class) for validation
-  return large_image_pair("imagenet2012", 1000, "caltech256", 256,
-                          num_train=14080, num_val=1280, arg=arg)
+  return common.large_image_pair("imagenet2012", 1000, "caltech256", 256,
+                                 num_train=14080, num_val=1280, arg=arg)

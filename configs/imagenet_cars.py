@@ -13,10 +13,10 @@ Needs an accelerator (ResNet at 224x224). Hyperparameters marked "ours" are not 
 the paper. `:local` shrinks everything for a smoke run (still needs the prepared data).
 """
 
-from merlin_jax.config_base import large_image_pair
+from configs import common
 
 
 def get_config(arg: str | None = None):
   # ours: Cars' 8,144 training images: 7,164 for D_t, 980 (5 per class) for validation
-  return large_image_pair("imagenet2012", 1000, "cars196", 196,
-                          num_train=7164, num_val=980, arg=arg)
+  return common.large_image_pair("imagenet2012", 1000, "cars196", 196,
+                                 num_train=7164, num_val=980, arg=arg)

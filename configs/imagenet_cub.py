@@ -13,10 +13,10 @@ Needs an accelerator (ResNet at 224x224). Hyperparameters marked "ours" are not 
 the paper. `:local` shrinks everything for a smoke run (still needs the prepared data).
 """
 
-from merlin_jax.config_base import large_image_pair
+from configs import common
 
 
 def get_config(arg: str | None = None):
   # ours: CUB's 5,994 training images: 4,994 for D_t, 1,000 (5 per class) for validation
-  return large_image_pair("imagenet2012", 1000, "caltech_birds2011", 200,
-                          num_train=4994, num_val=1000, arg=arg)
+  return common.large_image_pair("imagenet2012", 1000, "caltech_birds2011", 200,
+                                 num_train=4994, num_val=1000, arg=arg)

@@ -15,10 +15,12 @@ the signature. Hyperparameters marked "ours" are not given by the paper. `:local
 smoke run.
 """
 
+from configs import common
 from merlin_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, local=False)
   c = base_config()
   c.method = "merlin"
   c.total_steps = 10_000            # ours
@@ -51,9 +53,7 @@ def get_config(arg: str | None = None):
   c.inner.lr = 1.0                  # ours: eta relative to 1/L_hat (inner.step_size="normalized")
   c.rho = 1.0                       # ours
   c.eval.every = 500
-  if arg == "local":
-    c.total_steps = 20
+  if arg.local:
+    common.local(c)
     c.model.name = "small_cnn"
-    c.eval.every = 10
-    c.log_every = 5
   return c

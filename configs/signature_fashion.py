@@ -13,10 +13,12 @@ accuracy with / without the signature ('source_test' / 'source_test_clean'). Sma
 a tiny smoke run.
 """
 
+from configs import common
 from merlin_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  arg = common.parse_arg(arg, local=False)
   c = base_config()
   c.method = "merlin"
   c.total_steps = 3000              # ours
@@ -47,8 +49,6 @@ def get_config(arg: str | None = None):
   c.inner.lr = 1.0                  # ours: eta relative to 1/L_hat (inner.step_size="normalized")
   c.rho = 1.0                       # ours
   c.eval.every = 500
-  if arg == "local":
-    c.total_steps = 20
-    c.eval.every = 10
-    c.log_every = 5
+  if arg.local:
+    common.local(c)
   return c

@@ -22,65 +22,34 @@ MiniLM embeddings of example and gloss, no training) scores 62.0% with the media
 as threshold and ranks the right gloss above the wrong one for 70.4% of test examples.
 """
 
-from merlin_jax.config_base import base_config
+from configs import common
+
+HF_DIR = "all-MiniLM-L6-v2"                        # alias: the pip package's directory
 
 
 def get_config(arg: str | None = None):
-  items = [a.strip() for a in (arg or "").split(",") if a.strip()]
-  local = "local" in items
-  methods = [a for a in items if a != "local"]
-  hf_dir = "all-MiniLM-L6-v2"                       # alias: the pip package's directory
-  c = base_config()
-  c.method = methods[0] if methods else "finetune"
+  """arg: 'METHOD[,local]' (default finetune)."""
+  arg = common.parse_arg(arg, method="finetune", local=False)
+  c = common.text_target("wordnet_wic", HF_DIR,
+                         fields=("word+sentence1", "sentence2"),   # "word : example", gloss
+                         pooling="mean",           # what all-MiniLM-L6-v2 was trained with
+                         max_length=48,            # 99% of pairs fit in 44 tokens
+                         test_split="test")
+  c.method = arg.method
   c.total_steps = 200
-  # --- Data -----------------------------------------------------------------------------
-  c.data.kind = "text"
-  c.data.target.name = "wordnet_wic"
-  c.data.target.train_split = "train"
-  c.data.target.test_split = "test"
   c.data.target.num_train = 1000                   # |D_t|
   c.data.target.num_val = 300                      # model selection, held out of 'train'
-  c.data.num_target_classes = 2
-  c.data.num_source_classes = 2                    # unused (no source set)
-  c.data.source.name = ""
-  c.data.text = dict(tokenizer_dir=hf_dir, max_length=48,   # 99% of pairs fit in 44 tokens
-                     fields=("word+sentence1", "sentence2"))  # "word : example", gloss
-  # --- Model ----------------------------------------------------------------------------
-  c.model.name = "bert"
-  c.model.hf_dir = hf_dir
-  c.model.num_layers = 0
-  c.model.pooling = "mean"                         # what all-MiniLM-L6-v2 was trained with
-  c.model.remat = False
-  c.pretrained.path = hf_dir                       # the backbone init; L2-SP's anchor
-  c.pretrained.steps = 0
-  # --- Optimisation ---------------------------------------------------------------------
-  c.optimizer.name = "adamw"
   c.optimizer.lr = 5e-5
-  c.optimizer.weight_decay = 0.01
-  c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 20
-  c.optimizer.grad_clip = 1.0
   c.target_batch_size = 16                         # finetune / l2sp
-  c.alpha = 0.01                                   # L2-SP pull to the MiniLM weights
-  c.beta = 0.01                                    # L2-SP decay of the new head
   c.split.train_size = 8                           # MeRLin-ft: D_t^tr, D_t^val per step
   c.split.val_size = 8                             # (the same 16 sequences per step)
-  c.inner.kind = "gd"
-  c.inner.steps = 20
   c.inner.lr = 1.0
-  c.rho = 1.0
   c.eval.every = 50
   c.eval.batch_size = 100
   c.checkpoint_every = 100
-  c.log_every = 10
-  if local:                                        # smoke run (a minute)
-    c.total_steps = 4
-    c.optimizer.warmup_steps = 1
-    c.data.target.num_train = 64
-    c.data.target.num_val = 32
-    c.data.text.max_length = 32
-    c.target_batch_size = 8
-    c.split.train_size = c.split.val_size = 4
-    c.eval.every = c.checkpoint_every = 2
-    c.log_every = 1
+  if arg.local:                                    # smoke run (a minute)
+    common.local(c, total_steps=4, eval_every=2, checkpoint_every=2, log_every=1,
+                 warmup_steps=1, max_length=32, target_batch_size=8, split_size=4,
+                 num_train=64, num_val=32)
   return c

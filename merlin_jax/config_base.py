@@ -1,11 +1,26 @@
 """The public config interface every experiment shares. Each `configs/*.py` starts from
-`base_config()` and overrides what differs; keys not defined here are rejected when the
-config is loaded (the config is locked), so a typo in `--config.foo=...` fails loudly.
+`base_config()` and overrides what differs (recipes shared by several files: configs/common.py);
+keys not defined here are rejected when the config is loaded (the config is locked), so a
+typo in `--config.foo=...` fails loudly. Every key a config file sets is declared here.
+
+`load_config('configs/x.py:arg')` loads a config file the way --config does;
+`override(config, {'inner.steps': 5})` sets dotted keys the way --config.inner.steps=5 does.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Mapping
+
 import ml_collections
+
+from merlin_jax import errors
+
+# The checkout: configs/ is a package next to merlin_jax/ (`from configs import common`).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -17,9 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000         # outer steps
 
   # --- Method hyperparameters (model selection on target validation only) ---------------
-  c.rho = 1.0                  # MeRLin: L_src + rho * L_meta,t
-  c.alpha = 0.5                # joint: (1-alpha) L_src + alpha L_tgt;  l2sp: alpha/2 ||w - w0||^2
-  c.beta = 0.01                # l2sp: beta/2 ||theta_t||^2 on the new head
+  # Each method declares its own (merlin_jax/methods/<name>.py, `HParam`: e.g. rho,
+  # split.train_size, split.val_size for MeRLin; alpha for joint; alpha, beta for L2-SP;
+  # target_batch_size for the target-head methods); they are added below, with their
+  # defaults, by `_add_method_hyperparameters`.
   c.label_smoothing = 0.0
 
   # Inner solver of the target head (merlin, merlin_ft; also the 'probe' evaluation).
@@ -38,14 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner.ridge_lambda = 1.0
   c.inner.ridge_scale = 1.0
 
-  # Per-step resampled split of the target-train pool (Algorithm 1, l. 5).
-  c.split = ml_collections.ConfigDict()
-  c.split.train_size = 100
-  c.split.val_size = 100
-  c.target_batch_size = 0      # non-meta methods: target examples per step (0 = whole pool)
-
   # --- Data ------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
+  c.data.kind = "image"        # image | text (sentence(-pair) targets: merlin_jax/data/text.py)
   c.data.data_dir = ""         # TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.data.image_size = 28
   c.data.channels = 1
@@ -70,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_target_classes = 10
   c.data.shuffle_buffer = 10_000
   c.data.prefetch = 2
+  c.data.text = ml_collections.ConfigDict()  # data.kind='text' only
+  c.data.text.tokenizer_dir = ""            # the weights' HF directory (vocab.txt / tokenizer.json)
+  c.data.text.max_length = 128              # tokens per example, pairs truncated longest-first
+  c.data.text.fields = ("sentence1", "sentence2")   # the TFDS features: one text or a pair
 
   # --- Model -----------------------------------------------------------------------------
   c.model = ml_collections.ConfigDict()
@@ -78,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 256
   c.model.batch_norm = False
   c.model.small_inputs = False
+  # model.name='bert' only (merlin_jax/models/bert.py).
+  c.model.hf_dir = ""          # Hugging Face BERT directory: the architecture (config.json)
+  c.model.num_layers = 0       # keep the first layers only (0 = all)
+  c.model.pooling = "pooler"   # pooler | cls | mean: the feature the heads read
+  c.model.remat = False        # jax.checkpoint on every encoder block
 
   # --- Optimisation ----------------------------------------------------------------------
   c.batch_size = 128           # global source batch
@@ -109,57 +129,73 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.model = 1             # devices on the 'model' axis (>1: large leaves also split on it)
   c.mesh.param_sharding = "replicated"   # replicated | fsdp (params + optimizer state split on 'data')
   c.mesh.fsdp_min_size = 2**14 # leaves with fewer elements stay replicated (not worth a gather)
+  _add_method_hyperparameters(c)
   return c
 
 
-def large_image_pair(source: str, num_source_classes: int, target: str, num_target_classes: int,
-                     num_train: int, num_val: int, arg: str | None = None,
-                     source_eval_split: str = "validation") -> ml_collections.ConfigDict:
-  """The recipe shared by the paper's ImageNet-scale pairs (ResNet at 224 px, streamed source).
+def _add_method_hyperparameters(c: ml_collections.ConfigDict) -> None:
+  """Every registered method's hyperparameters as config keys, with their defaults."""
+  from merlin_jax import methods  # importing it registers every method of the package
+  for hp in methods.declared().values():
+    *sections, leaf = hp.key.split(".")
+    node = c
+    for section in sections:
+      if section not in node:
+        node[section] = ml_collections.ConfigDict()
+      node = node[section]
+    node[leaf] = hp.default
 
-  Only the datasets and the target's size differ between those pairs; every value here
-  that the paper does not state is ours. `arg='local'` shrinks it for a smoke run (still
-  needs the prepared data).
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`path/to/file.py[:arg]` (what --config takes) -> that file's `get_config(arg)`.
+
+  A file in this repository's configs/ is imported as the module `configs.<name>`, so its
+  `from configs import common` resolves from any working directory; any other file is
+  loaded from its location (with the repository root importable, for the same import).
+  The config is returned unlocked, as the file made it.
   """
-  c = base_config()
-  c.method = "merlin"
-  c.total_steps = 20_000            # ours
-  c.data.image_size = 224
-  c.data.channels = 3
-  c.data.source.name = source
-  c.data.source.split = "train"
-  c.data.source.eval_split = source_eval_split
-  c.data.source.augment = "inception"   # random-resized crop + flip; eval: resize 256, crop 224
-  c.data.source.in_memory = False
-  c.data.target.name = target
-  c.data.target.train_split = "train"
-  c.data.target.test_split = "test"
-  c.data.target.num_train = num_train   # ours: the target's train split minus the validation split
-  c.data.target.num_val = num_val       # ours: model selection only
-  c.data.num_source_classes = num_source_classes
-  c.data.num_target_classes = num_target_classes
-  c.data.shuffle_buffer = 10_000    # ours
-  c.model.name = "resnet18"         # ours (resnet50 also available)
-  c.model.batch_norm = True
-  c.batch_size = 256                # ours
-  c.optimizer.name = "momentum"     # ours
-  c.optimizer.lr = 0.1 * c.batch_size / 256   # ours: linear scaling from 0.1 at 256
-  c.optimizer.weight_decay = 1e-4   # ours
-  c.optimizer.schedule = "cosine"   # ours
-  c.optimizer.warmup_steps = 500    # ours
-  c.split.train_size = 256          # ours: per-step resampled D_t^tr / D_t^val
-  c.split.val_size = 256            # ours
-  c.inner.kind = "ridge"            # ours: a closed-form head is cheap for ~200 classes
-  c.rho = 1.0                       # ours
-  c.eval.every = 1000
-  c.eval.batch_size = 256
-  c.checkpoint_every = 1000
-  if arg == "local":
-    c.total_steps = 4
-    c.batch_size = 8
-    c.split.train_size = 8
-    c.split.val_size = 8
-    c.eval.every = 2
-    c.eval.batch_size = 16
-    c.log_every = 1
-  return c
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise errors.UserError(f"config file {path} not found (give configs/<name>.py[:arg])")
+  if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+  directory, name = os.path.split(os.path.realpath(path))
+  module_name = os.path.splitext(name)[0]
+  configs = importlib.import_module("configs")
+  if directory in map(os.path.realpath, configs.__path__) and module_name.isidentifier():
+    module = importlib.import_module(f"configs.{module_name}")
+  else:  # a config outside configs/: a fresh module of its own
+    spec_ = importlib.util.spec_from_file_location(f"_config_{module_name}", path)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def get_key(config, key: str):
+  """config['inner.steps'] -> config.inner.steps; an unknown key is a ConfigError."""
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise errors.ConfigError(key, "no such key (the keys are those of "
+                               "merlin_jax/config_base.py)")
+    node = node[part]
+  return node
+
+
+def override(config, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted keys in place, e.g. override(c, {"inner.steps": 5, "rho": 3}); returns c.
+
+  Every key must exist. A scalar value is cast to the type of the key's current value
+  (3 -> 3.0 for rho, 5.0 -> 5 for inner.steps, 0 -> False for a bool), so grid values
+  parsed from a command line fit the key whatever their spelling.
+  """
+  flat = {}
+  for key, value in overrides.items():
+    old = get_key(config, key)
+    if isinstance(old, bool):
+      value = bool(value)
+    elif isinstance(old, (int, float, str)):
+      value = type(old)(value)
+    flat[key] = value
+  config.update_from_flattened_dict(flat)
+  return config

@@ -8,14 +8,13 @@ random examples for every dataset, catalog and merlin_jax builders alike.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from merlin_jax import train  # noqa: E402
+from merlin_jax import config_base, train  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["fashion_usps", "svhn_mnist", "imagenet_cub", "imagenet_caltech256",
@@ -23,10 +22,8 @@ PAPER_CONFIGS = ["fashion_usps", "svhn_mnist", "imagenet_cub", "imagenet_caltech
 
 
 def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_base.load_config(os.path.join(ROOT, "configs", f"{name}.py")
+                                 + (f":{arg}" if arg else ""))
 
 
 def shrink(c, data_dir):

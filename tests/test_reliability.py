@@ -8,7 +8,6 @@ aside) and the same exported model bytes as an uninterrupted run (CPU, same devi
 
 import glob
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from merlin_jax import checkpointing, provenance, train
+from merlin_jax.config_base import load_config, override
 from merlin_jax.metrics import read_jsonl
 
 # orbax's reader threads may log "Event loop is closed" after a failed read of a corrupt step.
@@ -34,17 +34,7 @@ TIMING_KEYS = ("steps_per_sec", "train_seconds")
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location("synthetic_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  for k, v in {**RUN, **overrides}.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return override(load_config(CONFIG), {**RUN, **overrides})
 
 
 def _flags(**overrides):

@@ -5,26 +5,27 @@ import os
 
 import pytest
 
-from merlin_jax import compare
-from merlin_jax.experiments import suite
+from merlin_jax.config_base import load_config
+from merlin_jax.experiments import selection, suite_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.py")
 
 
 def test_parse_grid():
-  grid = compare.parse_grid(["joint:alpha=0.2,0.8;rho=1", "merlin:inner.steps=3,5"])
+  grid = selection.parse_grid(["joint:alpha=0.2,0.8;rho=1", "merlin:inner.steps=3,5"])
   assert grid["joint"] == [{"alpha": 0.2, "rho": 1}, {"alpha": 0.8, "rho": 1}]
   assert grid["merlin"] == [{"inner.steps": 3}, {"inner.steps": 5}]
   # Several specs for one method are a union (one value at a time), not a product.
-  union = compare.parse_grid(["merlin:rho=0.3,3", "merlin:inner.steps=5"])
+  union = selection.parse_grid(["merlin:rho=0.3,3", "merlin:inner.steps=5"])
   assert union["merlin"] == [{"rho": 0.3}, {"rho": 3}, {"inner.steps": 5}]
 
 
 def test_candidates_put_the_config_first_and_drop_its_own_values():
-  base = suite.load_config(os.path.join(ROOT, "configs", "synthetic.py"))
+  base = load_config(SYNTHETIC)
   settings = [{"rho": base.rho}, {"rho": 3.0}, {"inner.steps": base.inner.steps, "rho": 3.0},
               {"split.train_size": 7, "split.val_size": base.split.val_size}]
-  cands = compare.candidates(base, settings)
+  cands = selection.candidates(base, settings)
   assert list(cands) == ["default", "rho=3.0", "split.train_size=7"]
   assert cands["default"] == {} and cands["split.train_size=7"] == {"split.train_size": 7}
 
@@ -35,15 +36,15 @@ def test_grid_runs_on_tune_seeds_and_the_choice_on_all_seeds(tmp_path, monkeypat
   val = {"default": 0.5, "rho=3": 0.9, "rho=0.3": 0.9}   # tie: the earlier candidate wins
   test = {"default": 0.99, "rho=3": 0.1, "rho=0.3": 0.2}  # would flip the choice if used
 
-  def fake_run_one(base, method, seed, setting, workdir, pretrained_dir=None):
-    name = compare._setting_name(setting)
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None):
+    name = selection._setting_name(setting)
     calls.append((name, seed))
     return {"best_target_val_accuracy": val[name], "target_test_accuracy": test[name] + seed}
 
-  monkeypatch.setattr(compare, "run_one", fake_run_one)
-  base = suite.load_config(os.path.join(ROOT, "configs", "synthetic.py"))
-  (row,) = compare.compare(base, str(tmp_path), ["merlin"], [0, 1, 2],
-                           compare.parse_grid(["merlin:rho=3,0.3"]), tune_seeds=[1])
+  monkeypatch.setattr(selection, "run_one", fake_run_one)
+  base = load_config(SYNTHETIC)
+  (row,) = selection.compare(base, str(tmp_path), ["merlin"], [0, 1, 2],
+                             selection.parse_grid(["merlin:rho=3,0.3"]), tune_seeds=[1])
   assert row["setting"] == "rho=3" and row["tune_seeds"] == [1]
   assert row["grid"] == {"default": 0.5, "rho=3": 0.9, "rho=0.3": 0.9}
   assert sorted(set(calls)) == sorted({("default", 1), ("rho=0.3", 1), ("rho=3", 0),
@@ -54,12 +55,12 @@ def test_grid_runs_on_tune_seeds_and_the_choice_on_all_seeds(tmp_path, monkeypat
 def test_suite_writes_table_and_plot(tmp_path):
   workspace = tmp_path / "WS.md"
   workspace.write_text("# log\n\nkept text\n")
-  pair = os.path.join(ROOT, "configs", "synthetic.py")
-  text = suite.run_suite([pair], ["joint", "merlin"], [0, 1], steps=3, eval_every=2,
-                         grid_specs=[], root=str(tmp_path / "runs"),
-                         workspace=str(workspace), plots="plots")
+  pair = SYNTHETIC
+  text = suite_lib.run_suite([pair], ["joint", "merlin"], [0, 1], steps=3, eval_every=2,
+                             grid_specs=[], root=str(tmp_path / "runs"),
+                             workspace=str(workspace), plots="plots")
   body = workspace.read_text()
-  assert "kept text" in body and suite.BEGIN in body and suite.END in body
+  assert "kept text" in body and suite_lib.BEGIN in body and suite_lib.END in body
   for method in ("joint", "merlin"):
     assert f"| {method} |" in body
   assert "±" in body and (tmp_path / "plots" / "suite_synthetic.png").stat().st_size > 1000
@@ -69,19 +70,66 @@ def test_suite_writes_table_and_plot(tmp_path):
   assert first > 0
   # Rerunning reuses finished runs, adds its own (short) time, and replaces (not
   # duplicates) the section.
-  suite.run_suite([pair], ["joint"], [0], steps=3, eval_every=2, grid_specs=[],
-                  root=str(tmp_path / "runs"), workspace=str(workspace), plots="plots")
-  assert workspace.read_text().count(suite.BEGIN) == 1
+  suite_lib.run_suite([pair], ["joint"], [0], steps=3, eval_every=2, grid_specs=[],
+                      root=str(tmp_path / "runs"), workspace=str(workspace), plots="plots")
+  assert workspace.read_text().count(suite_lib.BEGIN) == 1
   assert json.load(open(tmp_path / "runs" / "synthetic" / "wall_minutes.json"))["minutes"] > first
   assert text.startswith("Command:")
 
 
 def test_compare_selects_on_validation(tmp_path):
-  base = suite.scaled(suite.load_config(os.path.join(ROOT, "configs", "synthetic.py")), 3, 2)
-  rows = compare.compare(base, str(tmp_path), ["joint"], [0], compare.parse_grid(
+  base = suite_lib.scaled(load_config(SYNTHETIC), 3, 2)
+  rows = selection.compare(base, str(tmp_path), ["joint"], [0], selection.parse_grid(
       ["joint:alpha=0.1,0.9"]))
   (row,) = rows
   assert row["setting"] == max(row["grid"], key=row["grid"].get)
   final = json.loads(open(tmp_path / "joint" / row["setting"] / "seed_0" / "metrics.jsonl")
                      .readlines()[-1])
   assert row["target_test"] == [final["target_test_accuracy"]]
+
+
+def test_two_stage_methods_share_one_pretrain_run_per_seed(tmp_path, monkeypatch):
+  """compare's pre-training is two_stage.run_pretrain, at ROOT/pretrain/default/seed_<s>."""
+  from merlin_jax import two_stage
+  pretrains, starts = [], []
+
+  def fake_run_pretrain(config, pre_workdir):
+    pretrains.append((config.seed, config.method, os.path.relpath(pre_workdir, tmp_path)))
+    return os.path.join(pre_workdir, "model.safetensors")
+
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None):
+    starts.append((method, seed, pretrained_path and os.path.relpath(pretrained_path, tmp_path)))
+    return {"best_target_val_accuracy": 0.5, "target_test_accuracy": 0.5}
+
+  monkeypatch.setattr(two_stage, "run_pretrain", fake_run_pretrain)
+  monkeypatch.setattr(selection, "run_one", fake_run_one)
+  base = load_config(SYNTHETIC)
+  selection.compare(base, str(tmp_path), ["joint", "finetune", "l2sp"], [0, 1], {})
+  assert pretrains == [(0, "merlin", "pretrain/default/seed_0"),
+                       (1, "merlin", "pretrain/default/seed_1")]
+  assert starts == [("joint", 0, None), ("joint", 1, None)] + [
+      (m, s, f"pretrain/default/seed_{s}/model.safetensors")
+      for m in ("finetune", "l2sp") for s in (0, 1)]
+  # A config that names its pre-trained weights starts there: no pretrain run.
+  pretrains.clear(), starts.clear()
+  base.pretrained.path = "/weights"
+  selection.compare(base, str(tmp_path), ["finetune"], [0], {})
+  assert pretrains == [] and starts == [("finetune", 0, None)]
+
+
+def test_libraries_define_no_flags_and_the_clis_parse_theirs():
+  import subprocess
+  import sys
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  code = ("from absl import flags, logging; before = set(flags.FLAGS)\n"   # absl's own
+          "from merlin_jax import config_base\n"
+          "from merlin_jax.experiments import selection, suite_lib\n"
+          "print(sorted(set(flags.FLAGS) - before))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=ROOT, check=True)
+  assert out.stdout.strip() == "[]"
+  for module, flag in [("merlin_jax.compare", "--grid"), ("merlin_jax.experiments.suite",
+                                                          "--pairs")]:
+    out = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
+                         text=True, env=env, cwd=ROOT)
+    assert flag in out.stdout, out.stderr[-2000:]   # (absl's help exits with status 1)
