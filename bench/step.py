@@ -59,6 +59,7 @@ NUM_TARGET = 200
 SPLIT = 100
 OUTER_LR = 0.01
 INNER_LR = 0.1
+IMPLICIT_WEIGHT_DECAY = 0.01
 
 # BENCH.md's PyTorch peer: (median ms, ratio to joint).
 PEER = {
@@ -88,11 +89,14 @@ class BenchConfig:
   steps: int = 0              # n (merlin)
   first_order: bool = False
   remat: bool = True
+  kind: str = "gd"            # the inner solver; 'implicit': steps = L-BFGS iteration cap
 
   @property
   def label(self) -> str:
     if self.method == "joint":
       return "joint"
+    if self.kind == "implicit":
+      return f"MeRLin implicit (L-BFGS, at most {self.steps} iterations, tol 1e-6)"
     order = "first order" if self.first_order else "second order"
     return f"MeRLin n={self.steps} {order}{'' if self.remat else ', no remat'}"
 
@@ -105,6 +109,8 @@ def all_configs(sizes=(5, 50, 200)) -> list[BenchConfig]:
     cfgs.append(BenchConfig(f"merlin_n{n}_so_noremat", "merlin", n, False, False))
   for n in sizes:
     cfgs.append(BenchConfig(f"merlin_n{n}_fo", "merlin", n, True, True))
+  for n in sizes:
+    cfgs.append(BenchConfig(f"merlin_n{n}_implicit", "merlin", n, kind="implicit"))
   return cfgs
 
 
@@ -125,8 +131,10 @@ def build(cfg: BenchConfig, seed: int = 0):
   """Returns (jitted step, initial carry, batch). step(carry, batch) -> (carry, loss);
   carry = (params, opt_state, key) is donated."""
   backbone = make_backbone(_model_cfg(), (1,) + IMAGE_SHAPE)
-  inner = InnerConfig(kind="gd", steps=cfg.steps, lr=INNER_LR, first_order=cfg.first_order,
-                      remat=cfg.remat, init="zeros")
+  # implicit: the exact argmin needs an L2 term (strong convexity); ours: 0.01.
+  inner = InnerConfig(kind=cfg.kind, steps=cfg.steps, lr=INNER_LR, first_order=cfg.first_order,
+                      remat=cfg.remat, init="zeros",
+                      weight_decay=IMPLICIT_WEIGHT_DECAY if cfg.kind == "implicit" else 0.0)
   hp = Hyper(num_source_classes=NUM_CLASSES, num_target_classes=NUM_CLASSES, rho=1.0,
              alpha=0.5, inner=inner, split_train_size=SPLIT, split_val_size=SPLIT,
              target_batch_size=0)

@@ -12,6 +12,10 @@ Solvers (config `inner.kind`):
   ridge  closed-form ridge regression of one-hot targets (R2-D2, Bertinetto et al. 2019),
          solved in whichever of the primal (D x D) or dual (N x N) form is smaller
          (`ridge_solve`, which also fits real-valued targets).
+  implicit  the exact argmin of the head's L2-regularised cross-entropy (L-BFGS to
+         `inner.tol`, at most `inner.steps` iterations), differentiated by the implicit
+         function theorem: the meta-gradient of the exact solution, with memory
+         independent of the number of iterations (needs inner.weight_decay > 0).
 `first_order=True` stops the gradient through the solve: the head is a constant to the
 outer step, so phi only receives the gradient of the val loss at the fitted head.
 """
@@ -19,15 +23,17 @@ outer step, so phi only receives the gradient of the val loss at the fitted head
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from merlin_jax import losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.models.heads import apply_head, init_head
 
-SOLVERS = ("gd", "ridge")
+SOLVERS = ("gd", "ridge", "implicit")
 STEP_SIZES = ("fixed", "normalized")
 HEAD_INITS = ("zeros", "random")
 
@@ -44,6 +50,7 @@ class InnerConfig:
   weight_decay: float = 0.0  # L2 on the head inside the inner problem (gd)
   ridge_lambda: float = 1.0  # ridge
   ridge_scale: float = 1.0   # logits = scale * ridge prediction (R2-D2's calibration)
+  tol: float = 1e-6          # implicit: gradient-norm tolerance of the solve (and of its CG)
 
   @classmethod
   def from_config(cls, cfg) -> "InnerConfig":
@@ -71,6 +78,11 @@ class InnerConfig:
       raise ConfigError("inner.ridge_lambda", f"must be > 0, got {self.ridge_lambda!r}")
     if self.weight_decay < 0:
       raise ConfigError("inner.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+    if self.kind == "implicit" and not self.weight_decay > 0:
+      raise ConfigError("inner.weight_decay", "the implicit solver needs weight_decay > 0 (a "
+                        f"strongly convex head problem), got {self.weight_decay!r}")
+    if not self.tol > 0:
+      raise ConfigError("inner.tol", f"must be > 0, got {self.tol!r}")
 
 
 def head_train_loss(head, features, labels, weight_decay: float = 0.0):
@@ -152,6 +164,67 @@ def fit_head_ridge(features: jax.Array, labels: jax.Array, num_classes: int, lam
   return {"w": scale * w, "b": scale * b}
 
 
+def _lbfgs_argmin(features, labels, num_classes: int, weight_decay: float, max_steps: int,
+                  tol: float):
+  """argmin_theta L_tr(theta) + wd/2 ||W||^2 by L-BFGS, to a gradient norm below `tol` or
+  `max_steps` iterations, from theta = 0."""
+  d = features.shape[-1]
+  head0 = {"w": jnp.zeros((d, num_classes), features.dtype),
+           "b": jnp.zeros((num_classes,), features.dtype)}
+  objective = lambda head: head_train_loss(head, features, labels, weight_decay)
+  solver = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def step(carry):
+    head, state = carry
+    value, grad = value_and_grad(head, state=state)
+    updates, state = solver.update(grad, state, head, value=value, grad=grad,
+                                   value_fn=objective)
+    return optax.apply_updates(head, updates), state
+
+  def running(carry):
+    _, state = carry
+    count = optax.tree_utils.tree_get(state, "count")
+    grad = optax.tree_utils.tree_get(state, "grad")
+    return (count == 0) | ((count < max_steps) & (optax.tree_utils.tree_norm(grad) >= tol))
+
+  return jax.lax.while_loop(running, step, (head0, solver.init(head0)))[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def fit_head_implicit(features: jax.Array, labels: jax.Array, num_classes: int,
+                      weight_decay: float, max_steps: int, tol: float):
+  """The exact inner argmin (`_lbfgs_argmin`), differentiated by the implicit function
+  theorem: d theta*/dF^T g = -(d/dF grad_theta L)^T H^{-1} g, with H the head's Hessian at
+  theta* (a conjugate-gradient solve of Hessian-vector products).
+
+  With wd > 0 the problem is strongly convex in W, and in b up to the shift b + c 1, which
+  changes no prediction and to which the cotangent of any softmax loss is orthogonal; so
+  the meta-gradient is that of the exact solution, and its memory does not grow with the
+  number of solver iterations (nothing of them is stored for the backward pass).
+  """
+  return _lbfgs_argmin(features, labels, num_classes, weight_decay, max_steps, tol)
+
+
+def _implicit_fwd(features, labels, num_classes, weight_decay, max_steps, tol):
+  head = _lbfgs_argmin(features, labels, num_classes, weight_decay, max_steps, tol)
+  return head, (features, labels, head)
+
+
+def _implicit_bwd(num_classes, weight_decay, max_steps, tol, residuals, g):
+  del num_classes, max_steps
+  features, labels, head = residuals
+  grad_head = lambda h, f: jax.grad(head_train_loss)(h, f, labels, weight_decay)
+  hvp = lambda v: jax.jvp(lambda h: grad_head(h, features), (head,), (v,))[1]
+  size = sum(x.size for x in jax.tree.leaves(head))
+  u = jax.scipy.sparse.linalg.cg(hvp, g, tol=tol, maxiter=size)[0]    # H u = g
+  _, vjp_features = jax.vjp(lambda f: grad_head(head, f), features)
+  return (-vjp_features(u)[0], None)
+
+
+fit_head_implicit.defvjp(_implicit_fwd, _implicit_bwd)
+
+
 def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_classes: int,
              key: jax.Array | None):
   """The configured inner solver: theta_hat_t(phi) ~ argmin_theta L_{D_t^tr}(theta, phi)."""
@@ -161,6 +234,9 @@ def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_cla
                        inner.remat, step_size=inner.step_size)
   elif inner.kind == "ridge":
     head = fit_head_ridge(features, labels, num_classes, inner.ridge_lambda, inner.ridge_scale)
+  elif inner.kind == "implicit":
+    head = fit_head_implicit(features, labels, num_classes, inner.weight_decay, inner.steps,
+                             inner.tol)
   else:  # validated earlier; kept for direct callers
     raise ConfigError("inner.kind", f"unknown inner solver {inner.kind!r}")
   if inner.first_order:

@@ -388,6 +388,8 @@ def test_inner_config_from_base_config():
     (dict(ridge_lambda=0.0), "inner.ridge_lambda"),
     (dict(weight_decay=-1.0), "inner.weight_decay"),
     (dict(stepz=3), "inner.stepz"),
+    (dict(kind="implicit", weight_decay=0.0), "inner.weight_decay"),
+    (dict(tol=0.0), "inner.tol"),
 ])
 def test_inner_config_rejects_bad_values_naming_the_key(override, key):
   cfg = dict(kind="gd", steps=5, lr=0.1)
@@ -396,3 +398,50 @@ def test_inner_config_rejects_bad_values_naming_the_key(override, key):
     inner.InnerConfig.from_config(ml_collections.ConfigDict(cfg))
   assert err.value.key == key
   assert key in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------
+# implicit: the exact argmin, differentiated by the implicit function theorem.
+
+
+def test_implicit_meta_gradient_matches_converged_gd_and_finite_differences(float64):
+  d = _data(seed=2, n_tr=12)
+  wd = 0.1
+  implicit = inner.InnerConfig(kind="implicit", steps=500, weight_decay=wd, tol=1e-12)
+  converged = inner.InnerConfig(kind="gd", steps=4000, lr=1.0, step_size="normalized",
+                                weight_decay=wd, remat=False)
+  few = inner.InnerConfig(kind="gd", steps=10, lr=1.0, step_size="normalized",
+                          weight_decay=wd, remat=False)
+  phi = jnp.asarray(d["phi"])
+  fn = lambda cfg: jax.jit(jax.value_and_grad(lambda p: _meta_loss_library(cfg, p, d, None)))
+  (v_imp, g_imp), (v_gd, g_gd), (_, g_few) = fn(implicit)(phi), fn(converged)(phi), fn(few)(phi)
+  g_imp, g_gd = np.asarray(g_imp), np.asarray(g_gd)
+  assert g_imp.dtype == np.float64 and np.abs(g_imp).max() > 1e-3
+  np.testing.assert_allclose(v_imp, v_gd, rtol=1e-9)
+  np.testing.assert_allclose(g_imp, g_gd, rtol=1e-6, atol=1e-9)
+  assert np.abs(np.asarray(g_few) - g_gd).max() > 1e-3   # the agreement above has teeth
+
+  eps = 1e-6
+  loss = fn(implicit)
+  g_fd = np.zeros_like(g_imp)
+  for idx in itertools.product(*map(range, phi.shape)):
+    e = np.zeros(phi.shape)
+    e[idx] = eps
+    g_fd[idx] = (float(loss(phi + e)[0]) - float(loss(phi - e)[0])) / (2 * eps)
+  np.testing.assert_allclose(g_imp, g_fd, rtol=1e-5, atol=1e-8)
+
+
+def test_implicit_memory_does_not_grow_with_solver_iterations():
+  """XLA's own estimate of the meta-gradient's working memory: independent of the
+  iteration cap for `implicit`, growing with n for `gd` without remat (the control)."""
+  f_tr = jnp.zeros((100, 64), jnp.float32)
+  y = jnp.zeros((100,), jnp.int32)
+
+  def temp_bytes(cfg):
+    meta = lambda f: inner.meta_target_loss(cfg, f, y, f, y, 10, None)[0]
+    return jax.jit(jax.grad(meta)).lower(f_tr).compile().memory_analysis().temp_size_in_bytes
+
+  implicit = lambda n: inner.InnerConfig(kind="implicit", steps=n, weight_decay=0.01)
+  gd = lambda n: inner.InnerConfig(kind="gd", steps=n, lr=0.1, remat=False)
+  assert temp_bytes(implicit(50)) == temp_bytes(implicit(1000))
+  assert temp_bytes(gd(200)) > temp_bytes(gd(50))

@@ -8,6 +8,7 @@ that run the backbone on different batches can be compared exactly (up to float3
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,8 @@ TOL = dict(rtol=2e-5, atol=1e-6)
 # or running the CNN on it fails): a method that ignores the source must not notice it.
 UNREADABLE_SOURCE = {"inputs": np.zeros((3, 5, 5, 2), np.float32), "label": np.zeros(3, np.int32)}
 
-ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft"}
+ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft",
+               "bss", "delta"}
 
 
 def _backbone(batch_norm=False):
@@ -142,7 +144,8 @@ def test_registry_rejects_an_unknown_method_naming_the_key():
 def test_method_flags():
   assert {n for n, m in METHODS.items() if m.uses_source} == {"pretrain", "joint", "merlin"}
   assert {n for n, m in METHODS.items() if m.needs_pretrained} == {"finetune", "l2sp",
-                                                                    "merlin_ft"}
+                                                                    "merlin_ft", "bss", "delta"}
+  assert {n for n, m in METHODS.items() if m.uses_anchor} == {"l2sp", "delta"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def test_method_flags():
 @pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if not m.uses_source))
 def test_methods_without_source_never_read_it(s, name):
   ctx = s.ctx()
-  anchor = s.params["backbone"] if name == "l2sp" else None
+  anchor = s.params["backbone"] if METHODS[name].uses_anchor else None
   without = s.run(name, ctx, batch={"source": None, "target": s.target}, anchor=anchor)
   unread = s.run(name, ctx, batch={"source": UNREADABLE_SOURCE, "target": s.target},
                  anchor=anchor)
@@ -372,3 +375,73 @@ def test_a_method_registered_from_user_code_declares_its_own_hyperparameters():
   finally:
     methods.METHODS.pop("toy_gamma")
     base._DECLARED.pop("toy_gamma")   # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------------------------------
+# BSS and DELTA (regularised fine-tuning baselines), against hand-computed values.
+
+
+def _np_ce(logits, labels):
+  z = logits - logits.max(axis=1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+  return -np.mean(logp[np.arange(len(labels)), labels])
+
+
+def _np_features(s, backbone_params):
+  f, _ = s.backbone.features(backbone_params, s.state, s.target["inputs"], train=True)
+  return np.asarray(f, np.float64)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_bss_is_cross_entropy_plus_the_smallest_squared_singular_values(s, k):
+  eta = 0.3
+  loss, _, metrics, _ = s.run("bss", s.ctx(bss_eta=eta, bss_k=k))
+  f = _np_features(s, s.params["backbone"])                       # [8, 16]: 8 singular values
+  head = s.params["target_head"]
+  ce = _np_ce(f @ np.asarray(head["w"], np.float64) + np.asarray(head["b"]), s.target["label"])
+  sigma = np.linalg.svd(f, compute_uv=False)
+  penalty = np.sum(np.sort(sigma)[:k] ** 2)
+  assert penalty > 1e-3                                           # a real term
+  np.testing.assert_allclose(metrics["bss_penalty"], penalty, rtol=1e-4)
+  np.testing.assert_allclose(loss, ce + eta * penalty, rtol=1e-5)
+
+
+def test_delta_at_the_anchor_is_finetuning_plus_head_decay(s):
+  beta = 0.2
+  delta = s.run("delta", s.ctx(delta_alpha=5.0, delta_beta=beta), anchor=s.params["backbone"])
+  ft = s.run("finetune", s.ctx())
+  w = np.asarray(s.params["target_head"]["w"], np.float64)
+  np.testing.assert_allclose(delta[2]["delta_behaviour"], 0.0, atol=1e-12)
+  np.testing.assert_allclose(delta[0], ft[0] + 0.5 * beta * np.sum(w * w), rtol=1e-5)
+
+
+def test_delta_is_the_attention_weighted_feature_distance_to_the_pretrained_network(s):
+  alpha, beta = 0.7, 0.1
+  rng = np.random.default_rng(2)
+  anchor = jax.tree.map(lambda w: w + 0.2 * rng.normal(size=w.shape).astype(np.float32),
+                        s.params["backbone"])
+  ctx = s.ctx(delta_alpha=alpha, delta_beta=beta)
+  loss, _, metrics, _ = s.run("delta", ctx, anchor=anchor)
+  f, f0 = _np_features(s, s.params["backbone"]), _np_features(s, anchor)
+  labels = s.target["label"]
+  # The attention head: the probe solver on the pre-trained features (zeros init: no key).
+  head0 = inner.fit_head(dataclasses.replace(ctx.hp.inner, first_order=True),
+                         jnp.asarray(f0, jnp.float32), labels, K_TGT, None)
+  w0, b0 = np.asarray(head0["w"], np.float64), np.asarray(head0["b"], np.float64)
+  base = _np_ce(f0 @ w0 + b0, labels)
+  rise = np.array([_np_ce((f0 * (np.arange(FEAT) != j)) @ w0 + b0, labels) - base
+                   for j in range(FEAT)])
+  attention = FEAT * np.exp(rise - rise.max()) / np.exp(rise - rise.max()).sum()
+  behaviour = np.sum(attention * np.mean((f - f0) ** 2, axis=0))
+  assert behaviour > 1e-3 and np.ptp(attention) > 1e-3             # non-trivial weights
+  head = s.params["target_head"]
+  w = np.asarray(head["w"], np.float64)
+  ce = _np_ce(f @ w + np.asarray(head["b"]), labels)
+  np.testing.assert_allclose(metrics["delta_behaviour"], behaviour, rtol=1e-4)
+  np.testing.assert_allclose(loss, ce + alpha * behaviour + 0.5 * beta * np.sum(w * w),
+                             rtol=1e-4)
+
+
+def test_delta_without_anchor_fails(s):
+  with pytest.raises(ValueError, match="anchor"):
+    s.run("delta", s.ctx(), anchor=None)

@@ -31,6 +31,7 @@ DEFAULT_GRID = [
     "merlin:rho=0.3,3", "merlin:inner.steps=5,50", "merlin:inner.lr=0.5",
     "merlin:split.train_size=150;split.val_size=50",
     "merlin_ft:inner.steps=5,50", "merlin_ft:inner.lr=0.5",
+    "bss:bss.eta=0.0001,0.01", "delta:delta.alpha=0.001,0.1", "delta:delta.beta=0.1",
 ]
 
 
