@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from merlin_jax.config_base import load_config
@@ -123,13 +124,47 @@ def test_libraries_define_no_flags_and_the_clis_parse_theirs():
   env = dict(os.environ, PYTHONPATH=ROOT)
   code = ("from absl import flags, logging; before = set(flags.FLAGS)\n"   # absl's own
           "from merlin_jax import config_base\n"
-          "from merlin_jax.experiments import selection, suite_lib\n"
+          "from merlin_jax.experiments import selection, suite_lib, target_size_lib\n"
           "print(sorted(set(flags.FLAGS) - before))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=ROOT, check=True)
   assert out.stdout.strip() == "[]"
   for module, flag in [("merlin_jax.compare", "--grid"), ("merlin_jax.experiments.suite",
-                                                          "--pairs")]:
+                                                          "--pairs"),
+                       ("merlin_jax.experiments.target_size", "--sizes")]:
     out = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
                          text=True, env=env, cwd=ROOT)
     assert flag in out.stdout, out.stderr[-2000:]   # (absl's help exits with status 1)
+
+
+def test_target_size_sweep_reports_paired_gains_and_costs(tmp_path):
+  """The target-size sweep on the synthetic pair: one record per (size, method), gains
+  paired by seed over fine-tuning (whose own gain is 0), costs read from the runs, one
+  pretrain run per seed shared by every size, and a plot."""
+  from merlin_jax.experiments import target_size_lib
+  pair = os.path.join(ROOT, "configs", "synthetic.py")
+  records = target_size_lib.sweep([pair], [12, 30], ["finetune", "merlin_ft"], [0, 1], 3, 3,
+                                  [], str(tmp_path))
+  assert [(r["num_train"], r["method"]) for r in records] == [
+      (12, "finetune"), (12, "merlin_ft"), (30, "finetune"), (30, "merlin_ft")]
+  for r in records:
+    run = tmp_path / "synthetic" / f"n{r['num_train']}" / r["method"] / "default"
+    tests = [json.loads((run / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()[-1])
+             ["target_test_accuracy"] for s in (0, 1)]
+    assert r["target_test_mean"] == pytest.approx(np.mean(tests))
+    assert r["pretrain_steps"] == 3 and r["train_seconds"] > 0
+  by = {(r["num_train"], r["method"]): r for r in records}
+  for n in (12, 30):
+    assert by[(n, "finetune")]["gain_mean"] == 0.0
+    ft, mft = by[(n, "finetune")], by[(n, "merlin_ft")]
+    assert mft["gain_mean"] == pytest.approx(mft["target_test_mean"] - ft["target_test_mean"])
+  # n=12: the meta split shrank to fit (6/6 of 12 target labels).
+  config = json.loads((tmp_path / "synthetic" / "n12" / "merlin_ft" / "default" / "seed_0"
+                       / "config.json").read_text())
+  assert config["data.target.num_train"] == 12 and config["split.train_size"] == 6
+  assert sorted(os.listdir(tmp_path / "synthetic" / "pretrain" / "default")) == [
+      "seed_0", "seed_1"]
+  assert not (tmp_path / "synthetic" / "n30" / "pretrain").exists()
+  target_size_lib.plot(records, str(tmp_path / "plot.png"))
+  assert (tmp_path / "plot.png").stat().st_size > 1000
+  assert "| synthetic | 30 | merlin_ft |" in target_size_lib.markdown(records)

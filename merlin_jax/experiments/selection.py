@@ -104,12 +104,15 @@ def pretrained_start(base, root: str, seed: int) -> str | None:
 
 
 def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
-            grids: dict[str, list[dict]], tune_seeds: Sequence[int] | None = None) -> list[dict]:
+            grids: dict[str, list[dict]], tune_seeds: Sequence[int] | None = None,
+            pretrain_root: str | None = None) -> list[dict]:
   """Runs everything; returns one row per method with the selected setting's results.
 
   Every candidate setting runs on `tune_seeds` (default: all of `seeds`); the one with the
   best mean target-validation accuracy there (ties: the earlier candidate, the config's own
-  setting first) then runs on all `seeds`.
+  setting first) then runs on all `seeds`. `pretrain_root` (default `root`) holds the
+  shared pretrain runs: several compares that differ only on the target side can share
+  them (pre-training reads only the source; a finished run is read back).
   """
   tune_seeds = list(seeds) if tune_seeds is None else list(tune_seeds)
   from merlin_jax.methods import get_method
@@ -119,7 +122,7 @@ def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
     if get_method(method).needs_pretrained:
       for seed in seeds:
         if seed not in starts:
-          starts[seed] = pretrained_start(base, root, seed)
+          starts[seed] = pretrained_start(base, pretrain_root or root, seed)
     cands = candidates(base, grids.get(method, []))
 
     def run(name, seed, method=method, cands=cands):

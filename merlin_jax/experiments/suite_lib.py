@@ -70,20 +70,30 @@ def plot_pair(name: str, root: str, rows: list[dict], path: str) -> None:
     later.extend(100 * (mean - std)[1:])
   if later:
     ax.set_ylim(max(0.0, min(later) - 3), 100)
-  ax.set_xlabel("outer step")
-  ax.set_ylabel("target validation accuracy (%)")
-  ax.set_title(name)
+  label_axes(ax, "outer step", "target validation accuracy (%)", name)
+  save_figure(fig, path)
+
+
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
   ax.legend(fontsize=8)
+
+
+def save_figure(fig, path: str) -> None:
+  import matplotlib.pyplot as plt
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def write_section(workspace: str, text: str) -> None:
+def write_section(workspace: str, text: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces what lies between the markers `begin` and `end` (or appends them)."""
   body = open(workspace).read() if os.path.exists(workspace) else ""
-  block = f"{BEGIN}\n{text}\n{END}"
-  if BEGIN in body and END in body:
-    body = body[:body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+  block = f"{begin}\n{text}\n{end}"
+  if begin in body and end in body:
+    body = body[:body.index(begin)] + block + body[body.index(end) + len(end):]
   else:
     body = body.rstrip("\n") + "\n\n" + block + "\n"
   with open(workspace, "w") as f:

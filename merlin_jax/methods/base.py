@@ -221,6 +221,17 @@ def check_target_batch(hp: Hyper, num_target_train: int) -> None:
                       f"{num_target_train} target training examples")
 
 
+def fine_tuning_method(name: str, objective: Objective, description: str,
+                       hyperparameters: tuple[HParam, ...] = (),
+                       uses_anchor: bool = False) -> Method:
+  """A method that trains the target head and every layer from the pre-trained start on
+  target minibatches (fine-tuning and its regularised variants)."""
+  return Method(name, objective, uses_source=False, needs_pretrained=True,
+                eval_head="learned", description=description, uses_anchor=uses_anchor,
+                hyperparameters=hyperparameters + (TARGET_BATCH_SIZE,),
+                check_data=check_target_batch)
+
+
 def sample_target_batch(key, target, size: int):
   """A random subset of `size` examples of the target pool (all of it, permuted, if 0)."""
   n = target["label"].shape[0]

@@ -8,8 +8,7 @@ untransferable, source-specific components hide), without pulling the weights an
 
 import jax.numpy as jnp
 
-from merlin_jax.methods.base import (TARGET_BATCH_SIZE, HParam, Method, at_least,
-                                     backbone_features, check_target_batch,
+from merlin_jax.methods.base import (HParam, at_least, backbone_features, fine_tuning_method,
                                      sample_target_batch, target_loss)
 
 
@@ -30,13 +29,7 @@ def objective(ctx, params, state, batch, key, anchor=None):
   return loss, (new_state, metrics)
 
 
-METHOD = Method("bss", objective, uses_source=False, needs_pretrained=True,
-                eval_head="learned",
-                description="L_tgt + eta * sum of the k smallest sigma^2 of the batch features",
-                hyperparameters=(
-                    HParam("bss.eta", 0.001, "weight of the spectral penalty (paper: 0.001)",
-                           at_least(0)),
-                    HParam("bss.k", 1, "how many of the smallest singular values (paper: 1)",
-                           at_least(1)),
-                    TARGET_BATCH_SIZE),
-                check_data=check_target_batch)
+METHOD = fine_tuning_method(
+    "bss", objective, "L_tgt + eta * sum of the k smallest sigma^2 of the batch features",
+    (HParam("bss.eta", 0.001, "weight of the spectral penalty (paper: 0.001)", at_least(0)),
+     HParam("bss.k", 1, "how many of the smallest singular values (paper: 1)", at_least(1))))

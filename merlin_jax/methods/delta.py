@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from merlin_jax import inner as inner_lib, losses
-from merlin_jax.methods.base import (TARGET_BATCH_SIZE, HParam, Method, at_least,
-                                     backbone_features, check_target_batch,
+from merlin_jax.methods.base import (HParam, at_least, backbone_features, fine_tuning_method,
                                      sample_target_batch, target_loss)
 from merlin_jax.models import apply_head
 
@@ -53,12 +52,9 @@ def objective(ctx, params, state, batch, key, anchor=None):
   return loss, (new_state, metrics)
 
 
-METHOD = Method("delta", objective, uses_source=False, needs_pretrained=True,
-                eval_head="learned", uses_anchor=True,
-                description="L_tgt + attention-weighted ||f(w) - f(w0)||^2 + beta/2 ||head||^2",
-                hyperparameters=(
-                    HParam("delta.alpha", 0.01, "weight of the feature regulariser (paper: 0.01)",
-                           at_least(0)),
-                    HParam("delta.beta", 0.01, "weight decay of the new head", at_least(0)),
-                    TARGET_BATCH_SIZE),
-                check_data=check_target_batch)
+METHOD = fine_tuning_method(
+    "delta", objective, "L_tgt + attention-weighted ||f(w) - f(w0)||^2 + beta/2 ||head||^2",
+    (HParam("delta.alpha", 0.01, "weight of the feature regulariser (paper: 0.01)",
+            at_least(0)),
+     HParam("delta.beta", 0.01, "weight decay of the new head", at_least(0))),
+    uses_anchor=True)

@@ -4,8 +4,7 @@ L_tgt + alpha/2 ||w - w0||^2 (backbone) + beta/2 ||theta_t||^2 (new head weights
 """
 
 from merlin_jax import losses
-from merlin_jax.methods.base import (TARGET_BATCH_SIZE, HParam, Method, at_least,
-                                     check_target_batch)
+from merlin_jax.methods.base import HParam, at_least, fine_tuning_method
 from merlin_jax.methods.target_only import target_objective
 
 
@@ -20,11 +19,8 @@ def objective(ctx, params, state, batch, key, anchor=None):
   return loss, (new_state, metrics)
 
 
-METHOD = Method("l2sp", objective, uses_source=False, needs_pretrained=True,
-                eval_head="learned", uses_anchor=True,
-                description="L_tgt + alpha/2 ||w-w0||^2 + beta/2 ||head||^2 from pre-trained",
-                hyperparameters=(
-                    HParam("alpha", 0.5, "pull of the backbone to w0", at_least(0)),
-                    HParam("beta", 0.01, "weight decay of the new head", at_least(0)),
-                    TARGET_BATCH_SIZE),
-                check_data=check_target_batch)
+METHOD = fine_tuning_method(
+    "l2sp", objective, "L_tgt + alpha/2 ||w-w0||^2 + beta/2 ||head||^2 from pre-trained",
+    (HParam("alpha", 0.5, "pull of the backbone to w0", at_least(0)),
+     HParam("beta", 0.01, "weight decay of the new head", at_least(0))),
+    uses_anchor=True)

@@ -1,0 +1,69 @@
+r"""When does MeRLin help? Gain over fine-tuning against the target-set size, one command.
+
+  python -m merlin_jax.experiments.target_size --workdir=/tmp/merlin/target_size \
+      --workspace=WORKSPACE.md
+
+(defaults: the digits and Fashion-MNIST -> digits pairs, n = 50, 100, 200, 500, 1000 target
+labels, MeRLin, MeRLin-ft, fine-tuning, L2-SP and DELTA, seeds 0, 1, 2, 200 outer steps,
+the suite's grid chosen on target validation over the tuning seeds). Writes the table
+(test accuracy, paired gain over fine-tuning, wall time and steps to the selected model)
+and a plot of the gain against n (error bars: std over seeds) into the WORKSPACE file
+between `<!-- target_size:begin -->` and `<!-- target_size:end -->`. Resumable: a rerun
+reuses finished runs. See merlin_jax/experiments/target_size_lib.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags
+
+from merlin_jax.experiments import suite_lib, target_size_lib
+from merlin_jax.metrics import quiet_library_logs
+
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/merlin/target_size", "Root of all runs.")
+_PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/fashion_digits.py"],
+                           "Config files (file.py[:arg]), one per pair.")
+_SIZES = flags.DEFINE_list("sizes", ["50", "100", "200", "500", "1000"],
+                           "Target-set sizes n (data.target.num_train).")
+_NUM_VAL = flags.DEFINE_integer("num_val", None, "Target validation examples (default: the "
+                                "config's); larger resolves smaller differences.")
+_METHODS = flags.DEFINE_list("methods", ["finetune", "l2sp", "delta", "merlin", "merlin_ft"],
+                             "Methods (must include finetune, the baseline of the gains).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+_STEPS = flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-training).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")
+_GRID = flags.DEFINE_multi_string("grid", suite_lib.DEFAULT_GRID,
+                                  "method:key=v1,v2[;key2=...], chosen on target validation.")
+_TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on (empty: all).")
+_WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the section into.")
+_PLOT = flags.DEFINE_string("plot", "docs/target_size.png", "Plot path (beside the workspace).")
+
+
+def main(argv):
+  del argv
+  quiet_library_logs()
+  t = time.time()
+  records = target_size_lib.sweep(
+      _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
+      [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
+      _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None)
+  minutes = suite_lib.add_wall_minutes(_WORKDIR.value, (time.time() - t) / 60)
+  table = target_size_lib.markdown(records)
+  print(table)
+  if _WORKSPACE.value:
+    plot = os.path.join(os.path.dirname(os.path.abspath(_WORKSPACE.value)), _PLOT.value)
+    os.makedirs(os.path.dirname(plot), exist_ok=True)
+    target_size_lib.plot(records, plot)
+    text = (f"Command: `python -m merlin_jax.experiments.target_size --pairs="
+            f"{','.join(_PAIRS.value)} --sizes={','.join(_SIZES.value)} --methods="
+            f"{','.join(_METHODS.value)} --seeds={','.join(_SEEDS.value)} --steps={_STEPS.value}"
+            f"{f' --num_val={_NUM_VAL.value}' if _NUM_VAL.value is not None else ''}`; "
+            f"total wall time {minutes:.1f} min (summed over invocations).\n\n{table}\n\n"
+            f"![gain over fine-tuning against n]({_PLOT.value})")
+    suite_lib.write_section(_WORKSPACE.value, text, target_size_lib.BEGIN, target_size_lib.END)
+
+
+if __name__ == "__main__":
+  app.run(main)

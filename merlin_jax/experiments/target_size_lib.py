@@ -1,0 +1,130 @@
+"""When does MeRLin help? Accuracy gain over fine-tuning against the number of target labels.
+
+The library behind `python -m merlin_jax.experiments.target_size` (it defines no flags).
+For every pair (a config file) and target-set size n (`data.target.num_train`), runs
+`selection.compare` (methods x seeds, each method's grid chosen on target validation,
+never on the test set) and reports, per method, the paired gain over fine-tuning (seed by
+seed: test accuracy - fine-tuning's test accuracy with the same seed, then mean ± std over
+seeds), its wall time and its outer steps to the selected model (a two-stage method's
+shared pre-training counted separately), so a gain is read at matched cost.
+
+Pre-training reads only the source, so one pretrain run per seed serves every size
+(ROOT/<pair>/pretrain). The per-step target split of the meta-methods and the target
+minibatch of the others shrink with n where the config's would not fit (both at most
+n / 2 and n).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+
+from merlin_jax.config_base import load_config
+from merlin_jax.experiments import selection, suite_lib
+from merlin_jax.metrics import JSONL, read_jsonl
+
+BASELINE = "finetune"
+BEGIN, END = "<!-- target_size:begin -->", "<!-- target_size:end -->"
+
+
+def sized(config, num_train: int, num_val: int | None):
+  """The config with n = num_train target labels (and num_val held out, if given)."""
+  c = copy.deepcopy(config)
+  c.data.target.num_train = num_train
+  if num_val is not None:
+    c.data.target.num_val = num_val
+  half = max(num_train // 2, 1)
+  c.split.train_size = min(c.split.train_size, half)
+  c.split.val_size = min(c.split.val_size, half)
+  c.target_batch_size = min(c.target_batch_size, num_train)
+  return c
+
+
+def _final(root: str, method: str, setting: str, seed: int) -> dict:
+  return read_jsonl(os.path.join(root, method, setting, f"seed_{seed}", JSONL))[-1]
+
+
+def run_cost(root: str, pretrain_root: str, row: dict, needs_pretrained: bool) -> dict:
+  """Mean over seeds of the selected setting's wall time and steps to its selected model
+  (and of the shared pre-training, for two-stage methods)."""
+  finals = [_final(root, row["method"], row["setting"], s) for s in row["seeds"]]
+  cost = {"train_seconds": float(np.mean([f["train_seconds"] for f in finals])),
+          "selected_step": float(np.mean([f["selected_step"] for f in finals])),
+          "pretrain_seconds": 0.0, "pretrain_steps": 0.0}
+  if needs_pretrained:
+    pre = [_final(pretrain_root, "pretrain", "default", s) for s in row["seeds"]]
+    cost["pretrain_seconds"] = float(np.mean([f["train_seconds"] for f in pre]))
+    cost["pretrain_steps"] = float(np.mean([f["step"] for f in pre]))
+  return cost
+
+
+def gains(rows: list[dict]) -> dict[str, tuple[float, float]]:
+  """method -> (mean, std) over seeds of test accuracy - fine-tuning's (same seed)."""
+  by_method = {r["method"]: np.asarray(r["target_test"]) for r in rows}
+  base = by_method[BASELINE]
+  return {m: (float(np.mean(acc - base)), float(np.std(acc - base)))
+          for m, acc in by_method.items()}
+
+
+def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num_val=None,
+          tune_seeds=None) -> list[dict]:
+  """Runs every pair x size; one record per (pair, size, method)."""
+  from merlin_jax.methods import get_method
+  if BASELINE not in methods:
+    raise ValueError(f"the gains are over {BASELINE}: include it in the methods")
+  grids = selection.parse_grid(grid_specs)
+  records = []
+  for pair in pairs:
+    name = os.path.splitext(os.path.basename(pair.partition(":")[0]))[0]
+    base = suite_lib.scaled(load_config(pair), steps, eval_every)
+    pretrain_root = os.path.join(root, name)
+    for n in sizes:
+      size_root = os.path.join(root, name, f"n{n}")
+      rows = selection.compare(sized(base, n, num_val), size_root, methods, seeds, grids,
+                               tune_seeds, pretrain_root=pretrain_root)
+      gain = gains(rows)
+      for r in rows:
+        cost = run_cost(size_root, pretrain_root, r, get_method(r["method"]).needs_pretrained)
+        records.append(dict(pair=name, num_train=n, method=r["method"], setting=r["setting"],
+                            seeds=r["seeds"], target_test_mean=r["target_test_mean"],
+                            target_test_std=r["target_test_std"],
+                            gain_mean=gain[r["method"]][0], gain_std=gain[r["method"]][1],
+                            **cost))
+  return records
+
+
+def markdown(records: list[dict]) -> str:
+  lines = ["| pair | n | method | test acc. (%) | gain over fine-tuning (pp) | setting (val) "
+           "| wall s | steps to selected | + pre-training s / steps |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in records:
+    pre = (f"{r['pretrain_seconds']:.0f} / {r['pretrain_steps']:.0f}"
+           if r["pretrain_steps"] else "–")
+    lines.append(
+        f"| {r['pair']} | {r['num_train']} | {r['method']} | {100 * r['target_test_mean']:.2f} ± "
+        f"{100 * r['target_test_std']:.2f} | {100 * r['gain_mean']:+.2f} ± {100 * r['gain_std']:.2f}"
+        f" | {r['setting']} | {r['train_seconds']:.0f} | {r['selected_step']:.0f} | {pre} |")
+  return "\n".join(lines)
+
+
+def plot(records: list[dict], path: str) -> None:
+  """Gain over fine-tuning (mean ± std over seeds) against n, one panel per pair."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  pairs = sorted({r["pair"] for r in records})
+  fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+  for ax, pair in zip(axes[0], pairs):
+    mine = [r for r in records if r["pair"] == pair and r["method"] != BASELINE]
+    for i, method in enumerate(sorted({r["method"] for r in mine})):
+      pts = sorted((r["num_train"], r["gain_mean"], r["gain_std"]) for r in mine
+                   if r["method"] == method)
+      n, g, s = (np.array(v) for v in zip(*pts))
+      ax.errorbar(n * (1 + 0.03 * i), 100 * g, yerr=100 * s, marker="o", capsize=3,
+                  label=method)
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    suite_lib.label_axes(ax, "target labels n", "test accuracy - fine-tuning's (pp)", pair)
+  suite_lib.save_figure(fig, path)
