@@ -6,11 +6,18 @@
 #     one host, one process driving all its (or the listed) GPUs; no jax.distributed.
 #
 #   launch/gpu.sh slurm --nodes=2 --gpus-per-node=8 --config=configs/food_cub.py \
-#       --workdir=/shared/merlin/food_cub [--partition=P] [--time=24:00:00] [--account=A] \
-#       [--cpus-per-task=8] [--data-dir=gs://...] [--dry-run] [-- EXTRA]
-#     `srun` starts one process per GPU on every node (inside an sbatch/salloc allocation or
+#       --workdir=/shared/merlin/food_cub [--gpu-binding=shared|task|node] [--partition=P] \
+#       [--time=24:00:00] [--account=A] [--cpus-per-task=8] [--data-dir=gs://...] \
+#       [--dry-run] [-- EXTRA]
+#     `srun` starts the processes on every node (inside an sbatch/salloc allocation or
 #     creating one); jax.distributed.initialize reads the SLURM_* variables (coordinator =
-#     first node, process id, local GPU). The workdir must be on a filesystem all nodes see.
+#     first node, process id) and merlin_jax.distributed picks each process's GPUs from what
+#     the task sees. --gpu-binding (how the cluster gives GPUs to tasks):
+#       shared  one task per GPU, every task sees all GPUs of its node (the default)
+#       task    one task per GPU, SLURM binds one GPU to each (--gpus-per-task=1): each
+#               process sees a single device
+#       node    one task per node driving all its GPUs
+#     The workdir must be on a filesystem all nodes see.
 #
 # Environment set-up (once per cluster): python3.11 -m venv VENV && VENV/bin/pip install
 # -r requirements.txt 'jax[cuda12]==0.10.2'; point VENV at it (default: ./.venv).
@@ -23,7 +30,7 @@ MODE="${1:-}"
 [[ "$MODE" == local || "$MODE" == slurm ]] || die "first argument: local or slurm (see --help)"
 shift
 CONFIG="" WORKDIR="" DATA_DIR="" GPUS="" NODES=1 GPUS_PER_NODE=8 PARTITION="" TIME="" ACCOUNT=""
-CPUS_PER_TASK=8
+CPUS_PER_TASK=8 BINDING=shared
 VENV="${VENV:-.venv}"
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -40,8 +47,9 @@ while [[ $# -gt 0 ]]; do
     --account=*) ACCOUNT="${1#*=}" ;;
     --cpus-per-task=*) CPUS_PER_TASK="${1#*=}" ;;
     --venv=*) VENV="${1#*=}" ;;
+    --gpu-binding=*) BINDING="${1#*=}" ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
@@ -57,8 +65,13 @@ if [[ "$MODE" == local ]]; then
   [[ -n "$GPUS" ]] && ENV+=("CUDA_VISIBLE_DEVICES=$GPUS")
   run "${ENV[@]}" "${MAIN[@]}" --multihost=off "${EXTRA[@]}"
 else
-  SRUN=(srun "--nodes=$NODES" "--ntasks-per-node=$GPUS_PER_NODE" "--gpus-per-node=$GPUS_PER_NODE"
-        "--cpus-per-task=$CPUS_PER_TASK" --kill-on-bad-exit=1)
+  case "$BINDING" in
+    shared) TASKS=("--ntasks-per-node=$GPUS_PER_NODE" "--gpus-per-node=$GPUS_PER_NODE") ;;
+    task) TASKS=("--ntasks-per-node=$GPUS_PER_NODE" --gpus-per-task=1) ;;
+    node) TASKS=(--ntasks-per-node=1 "--gpus-per-node=$GPUS_PER_NODE") ;;
+    *) die "--gpu-binding=$BINDING: use shared, task or node" ;;
+  esac
+  SRUN=(srun "--nodes=$NODES" "${TASKS[@]}" "--cpus-per-task=$CPUS_PER_TASK" --kill-on-bad-exit=1)
   [[ -n "$PARTITION" ]] && SRUN+=("--partition=$PARTITION")
   [[ -n "$TIME" ]] && SRUN+=("--time=$TIME")
   [[ -n "$ACCOUNT" ]] && SRUN+=("--account=$ACCOUNT")

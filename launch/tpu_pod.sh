@@ -5,14 +5,22 @@
 #   launch/tpu_pod.sh --name=merlin-v4 --zone=us-central2-b --accelerator-type=v4-32 \
 #       --config=configs/food_cub.py --workdir=/mnt/my-bucket/merlin/food_cub \
 #       --data-dir=gs://my-bucket/tensorflow_datasets --gcsfuse=my-bucket \
-#       [--project=P] [--steps=create,copy,setup,run] [--delete] [--dry-run] [-- --config.seed=1 ...]
+#       [--project=P] [--version=RUNTIME] [--steps=create,copy,setup,run] [--wait] [--delete]
+#       [--dry-run] [-- --config.seed=1 ...]
 #
 # Steps (default: create,copy,setup,run):
-#   create  gcloud compute tpus tpu-vm create (skip it for an existing VM)
+#   create  gcloud compute tpus tpu-vm create, with the TPU software version of the
+#           accelerator type (v2/v3/v4: tpu-ubuntu2204-base, v5e/v5litepod: v2-alpha-tpuv5-lite,
+#           v5p: v2-alpha-tpuv5, v6e: v2-alpha-tpuv6e; --version=... overrides)
 #   copy    the repository's tracked files as a tarball to every worker (--worker=all)
 #   setup   python3.11 venv + requirements.txt + jax[tpu] on every worker (and gcsfuse)
-#   run     merlin_jax.main on every worker, --multihost=on
-# --delete deletes the TPU VM at the end.
+#   run     merlin_jax.main on every worker, --multihost=on, DETACHED (setsid nohup): the job
+#           survives a dropped SSH session; each worker logs to WORKDIR/logs/<host>.log. The
+#           script prints how to follow the logs and how to stop the job.
+#   stop    SIGTERM to the job on every worker: each saves a checkpoint of its current step
+#           and exits 75; running the same `run` again resumes.
+# --wait waits (polling over SSH; a drop only ends the wait, not the job) until the job has
+# ended on every worker; --delete waits, then deletes the TPU VM.
 #
 # Data: TFDS reads gs:// directly (--data-dir -> --config.data.data_dir=gs://...); prepare it
 # once from any machine (`tfds build food101 --data_dir=gs://my-bucket/tensorflow_datasets`).
@@ -23,8 +31,8 @@ set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-NAME="" ZONE="" PROJECT="" ACCEL="v4-32" VERSION="tpu-ubuntu2204-base"
-CONFIG="" WORKDIR="" DATA_DIR="" GCSFUSE="" STEPS="create,copy,setup,run" DELETE=0
+NAME="" ZONE="" PROJECT="" ACCEL="v4-32" VERSION=""
+CONFIG="" WORKDIR="" DATA_DIR="" GCSFUSE="" STEPS="create,copy,setup,run" DELETE=0 WAIT=0
 PYTHON="python3.11" JAX_VERSION="0.10.2" REMOTE_DIR="merlin_jax"
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -40,9 +48,10 @@ while [[ $# -gt 0 ]]; do
     --data-dir=*) DATA_DIR="${1#*=}" ;;
     --gcsfuse=*) GCSFUSE="${1#*=}" ;;
     --steps=*) STEPS="${1#*=}" ;;
-    --delete) DELETE=1 ;;
+    --delete) DELETE=1; WAIT=1 ;;
+    --wait) WAIT=1 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
@@ -52,6 +61,21 @@ need_value --zone "$ZONE"
 [[ ",$STEPS," == *,run,* ]] && { need_value --config "$CONFIG"; need_value --workdir "$WORKDIR"; }
 [[ "$WORKDIR" == gs://* ]] && die "--workdir must be a mounted path every worker sees, e.g. " \
   "--gcsfuse=BUCKET --workdir=/mnt/BUCKET/merlin/run (gs:// is for --data-dir)"
+
+# The TPU software version of the accelerator type (Cloud TPU's "TPU software versions").
+runtime_version() {
+  case "$1" in
+    v2-*|v3-*|v4-*) echo "tpu-ubuntu2204-base" ;;
+    v5litepod-*|v5e-*) echo "v2-alpha-tpuv5-lite" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    *) return 1 ;;
+  esac
+}
+if [[ -z "$VERSION" ]]; then
+  VERSION="$(runtime_version "$ACCEL")" || die "no known TPU software version for\
+ --accelerator-type=$ACCEL (v2-v4, v5litepod/v5e, v5p, v6e); give --version=..."
+fi
 
 GCLOUD=(gcloud compute tpus tpu-vm)
 WHERE=("--zone=$ZONE")
@@ -88,11 +112,34 @@ gcsfuse --implicit-dirs $GCSFUSE /mnt/$GCSFUSE)"
   fi
 fi
 
+LOGS="$WORKDIR/logs"
+# The job's processes on a worker (pgrep/pkill -f regex; the brackets keep it from matching
+# the remote shell whose command line holds the pattern itself).
+MATCH="[v]env/bin/python -m merlin_jax.main"
+
 if has_step run; then
   ARGS=(-m merlin_jax.main "--config=$CONFIG" "--workdir=$WORKDIR" --multihost=on)
   [[ -n "$DATA_DIR" ]] && ARGS+=("--config.data.data_dir=$DATA_DIR")
   ARGS+=("${EXTRA[@]}")
-  ssh_all "cd ~/$REMOTE_DIR && ~/venv/bin/python $(join_quoted "${ARGS[@]}")"
+  # setsid + nohup: not a child of the SSH session, so a dropped connection (or Ctrl-C of
+  # this script) leaves the job running; stdin from /dev/null, output to the worker's log.
+  ssh_all "mkdir -p $(quote_arg "$LOGS") && cd ~/$REMOTE_DIR && setsid nohup \
+~/venv/bin/python $(join_quoted "${ARGS[@]}") </dev/null \
+>>$(quote_arg "$LOGS")/\$(hostname).log 2>&1 & echo started on \$(hostname)"
+  SSH0=("${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}")
+  printf 'The job runs detached on every worker; logs: %s/<worker host>.log\n' "$LOGS"
+  printf 'Follow worker 0:  %s\n' "$(join_quoted "${SSH0[@]}" --worker=0 \
+    "--command=tail -F $LOGS/*.log")"
+  printf 'Stop (checkpoint, exit 75; run again to resume):  %s\n' \
+    "$(join_quoted "$0" "--name=$NAME" "${WHERE[@]}" --steps=stop)"
+fi
+
+if has_step stop; then
+  ssh_all "pkill -TERM -f '$MATCH' || true"
+fi
+
+if [[ "$WAIT" == 1 ]]; then
+  ssh_all "while pgrep -f '$MATCH' >/dev/null; do sleep 60; done"
 fi
 
 if [[ "$DELETE" == 1 ]]; then

@@ -102,9 +102,33 @@ def plan(settings: Settings, environ=None) -> dict | None:
   kwargs = {"coordinator_address": settings.coordinator_address,
             "num_processes": settings.num_processes, "process_id": settings.process_id,
             "initialization_timeout": settings.timeout_s}
-  if settings.local_device_ids is not None:
-    kwargs["local_device_ids"] = list(settings.local_device_ids)
+  local = settings.local_device_ids
+  if local is None and not settings.explicit and detected_cluster(environ) == "slurm":
+    local = slurm_local_devices(environ)
+  if local is not None:
+    kwargs["local_device_ids"] = list(local)
   return kwargs
+
+
+def slurm_local_devices(environ=None) -> tuple[int, ...] | None:
+  """The GPUs a SLURM task drives, from what it sees; None: JAX's default (the task's
+  SLURM_LOCALID, right when every task sees all GPUs of its node).
+
+  JAX's default names a device that does not exist where SLURM binds GPUs to tasks
+  (--gpus-per-task, --gpu-bind): the task sees one device, number 0. A task alone on its
+  node (--ntasks-per-node=1) drives every GPU it sees.
+  """
+  env = os.environ if environ is None else environ
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  if not visible:
+    return None
+  tasks_per_node = (env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+                    or "").split("(")[0]   # SLURM_TASKS_PER_NODE reads like '8(x2)'
+  if tasks_per_node == "1":
+    return tuple(range(len(visible)))
+  if len(visible) == 1:
+    return (0,)
+  return None
 
 
 def initialize(settings: Settings | None = None) -> bool:

@@ -61,9 +61,15 @@ def test_tpu_pod_commands(env_dry_run):
   setup = [s for s in ssh if "requirements.txt" in s]
   assert len(setup) == 1 and "jax[tpu]==" in setup[0] and "venv" in setup[0]
   assert any("gcsfuse" in s and "/mnt/my-bucket" in s for s in ssh)
-  main = [shlex.split(s.split("&&")[-1]) for s in ssh if "merlin_jax.main" in s]
-  assert len(main) == 1
-  main = main[0]
+  run = [shlex.split(s.split("&&")[-1]) for s in ssh if "merlin_jax.main" in s]
+  assert len(run) == 1
+  run = run[0]
+  # Detached from the SSH session, a log per worker in the workdir.
+  start, end = run.index("~/venv/bin/python"), run.index("</dev/null")
+  assert run[:start] == ["setsid", "nohup"] and run[end + 2:end + 4] == ["2>&1", "&"]
+  assert run[end + 1] == ">>/mnt/my-bucket/merlin/food_cub/logs/$(hostname).log"
+  assert any("mkdir -p /mnt/my-bucket/merlin/food_cub/logs" in s for s in ssh)
+  main = run[start:end]
   assert main[:3] == ["~/venv/bin/python", "-m", "merlin_jax.main"]
   assert _flag(main, "config") == "configs/food_cub.py"
   assert _flag(main, "workdir") == "/mnt/my-bucket/merlin/food_cub"
@@ -73,11 +79,46 @@ def test_tpu_pod_commands(env_dry_run):
   kinds = [c[4] if c[0] == "gcloud" else c[0] for c in cmds]
   assert kinds.index("create") < kinds.index("scp") < len(kinds) - 1
   assert "merlin_jax.main" in _flag(cmds[-1], "command")
+  assert _flag(create[0], "version") == "tpu-ubuntu2204-base"    # v4's TPU software
+
+
+def test_tpu_pod_prints_how_to_follow_and_stop_the_detached_job():
+  out = _dry_run("tpu_pod.sh", "--steps=run", *TPU_ARGS)
+  lines = [l for l in out.stdout.splitlines() if not l.startswith("+ ")]
+  follow = [l for l in lines if l.startswith("Follow")]
+  stop = [l for l in lines if l.startswith("Stop")]
+  assert len(follow) == 1 and "--worker=0" in follow[0] and "tail -F" in follow[0]
+  assert "/mnt/my-bucket/merlin/food_cub/logs/" in follow[0]
+  assert len(stop) == 1 and "--steps=stop" in stop[0] and "--name=merlin-pod" in stop[0]
+  # The stop step: SIGTERM (a checkpoint, exit 75) to the job's processes on every worker.
+  cmds = _commands(_dry_run("tpu_pod.sh", "--name=merlin-pod", "--zone=z", "--steps=stop"))
+  assert len(cmds) == 1 and "--worker=all" in cmds[0]
+  command = _flag(cmds[0], "command")
+  assert command.startswith("pkill -TERM -f '[v]env/bin/python -m merlin_jax.main'")
+
+
+@pytest.mark.parametrize("accelerator,version", [
+    ("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+    ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e"), ("v3-8", "tpu-ubuntu2204-base")])
+def test_tpu_pod_software_version_follows_the_accelerator(accelerator, version):
+  args = ("--name=n", "--zone=z", f"--accelerator-type={accelerator}", "--steps=create")
+  cmds = _commands(_dry_run("tpu_pod.sh", *args))
+  assert _flag(cmds[0], "version") == version
+  cmds = _commands(_dry_run("tpu_pod.sh", *args, "--version=my-image"))
+  assert _flag(cmds[0], "version") == "my-image"
+
+
+def test_tpu_pod_unknown_accelerator_needs_a_version():
+  out = _dry_run("tpu_pod.sh", "--name=n", "--zone=z", "--accelerator-type=v9-8",
+                 "--steps=create")
+  assert out.returncode == 2 and "--version=" in out.stderr and "v9-8" in out.stderr
 
 
 def test_tpu_pod_steps_delete_and_bad_workdir():
   cmds = _commands(_dry_run("tpu_pod.sh", "--steps=run", "--delete", *TPU_ARGS[:-2]))
-  assert [c[4] for c in cmds] == ["ssh", "delete"]
+  # The job runs detached: --delete first waits until it has ended on every worker.
+  assert [c[4] for c in cmds] == ["ssh", "ssh", "delete"]
+  assert _flag(cmds[1], "command").startswith("while pgrep -f '[v]env/bin/python")
   bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=gs://b/w")
   assert bad.returncode == 2 and "--workdir" in bad.stderr
   missing = _dry_run("tpu_pod.sh", "--zone=z", "--config=c.py", "--workdir=/w")
@@ -103,6 +144,37 @@ def test_gpu_slurm_commands():
   assert _flag(main, "multihost") == "on"
   assert not any(a.startswith(("--coordinator_address", "--process_id")) for a in main)
   assert main[-1] == "--config.batch_size=256"
+
+
+@pytest.mark.parametrize("binding,tasks,gpus", [
+    ("shared", "8", ("gpus-per-node", "8")), ("task", "8", ("gpus-per-task", "1")),
+    ("node", "1", ("gpus-per-node", "8"))])
+def test_gpu_slurm_gpu_bindings(binding, tasks, gpus):
+  cmds = _commands(_dry_run("gpu.sh", "slurm", "--nodes=2", "--gpus-per-node=8",
+                            f"--gpu-binding={binding}", "--config=c.py", "--workdir=/w"))
+  cmd = cmds[0][:cmds[0].index("-m")]
+  assert _flag(cmd, "ntasks-per-node") == tasks and _flag(cmd, gpus[0]) == gpus[1]
+  other = {"gpus-per-node", "gpus-per-task"} - {gpus[0]}
+  assert not any(a.startswith(f"--{o}=") for o in other for a in cmd)
+  bad = _dry_run("gpu.sh", "slurm", "--gpu-binding=socket", "--config=c", "--workdir=w")
+  assert bad.returncode == 2 and "--gpu-binding" in bad.stderr
+
+
+def test_slurm_processes_drive_the_gpus_they_see():
+  """JAX's SLURM default (device SLURM_LOCALID) fits tasks that see the whole node; with
+  one GPU bound per task, the one visible device is 0; a task alone on its node drives all."""
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "3", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3"}
+  plan = lambda env: distributed.plan(distributed.Settings(mode="on"), environ=env)
+  shared = dict(slurm, SLURM_NTASKS_PER_NODE="8", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
+  assert "local_device_ids" not in plan(shared)
+  bound = dict(slurm, SLURM_NTASKS_PER_NODE="8", CUDA_VISIBLE_DEVICES="3")
+  assert plan(bound)["local_device_ids"] == [0]
+  node = dict(slurm, SLURM_NTASKS="2", SLURM_TASKS_PER_NODE="1(x2)", SLURM_LOCALID="0",
+              CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7")
+  assert plan(node)["local_device_ids"] == list(range(8))
+  # Explicit settings win.
+  explicit = distributed.Settings(mode="on", local_device_ids=(5,))
+  assert distributed.plan(explicit, environ=bound)["local_device_ids"] == [5]
 
 
 def test_gpu_single_host_command():
