@@ -36,8 +36,12 @@ PARAM_SHARDINGS = ("replicated", "fsdp")
 def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
   """A ('data', 'model') mesh. num_data=-1: all devices not used by 'model'.
 
-  Devices are taken in `jax.devices()` order (grouped by process), so a 'model' group of
-  consecutive devices stays inside one host and the 'data' axis spans the hosts.
+  Over all devices the layout is topology-aware (`mesh_utils.create_device_mesh`: on a TPU
+  slice, neighbours on the interconnect are neighbours on the mesh axes); over several
+  slices (devices with distinct `slice_index`, multislice TPU) 'data' spans the slices and
+  each 'model' group stays inside one (`create_hybrid_device_mesh`). A subset of the devices
+  (mesh.data smaller than all) is taken in `jax.devices()` order. Either way a 'model' group
+  never leaves its host.
   """
   devices = jax.devices()
   num_model = 1 if num_model in (0, None) else int(num_model)
@@ -50,7 +54,22 @@ def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
                       f"axes but {len(devices)} are present; use -1 for all")
   if jax.process_count() > 1 and n * num_model != len(devices):
     raise ConfigError("mesh.data", "a multi-process run uses every device; set mesh.data=-1")
-  return Mesh(np.asarray(devices[:n * num_model]).reshape(n, num_model), (DATA, MODEL))
+  if n * num_model < len(devices):
+    return Mesh(np.asarray(devices[:n * num_model]).reshape(n, num_model), (DATA, MODEL))
+  return Mesh(device_grid(devices, n, num_model), (DATA, MODEL))
+
+
+def device_grid(devices, num_data: int, num_model: int) -> np.ndarray:
+  """All `devices` as a [num_data, num_model] grid that follows the hardware topology."""
+  from jax.experimental import mesh_utils
+  slices = {getattr(d, "slice_index", 0) for d in devices}
+  if len(slices) > 1:
+    if num_data % len(slices):
+      raise ConfigError("mesh.data", f"{num_data} devices on 'data' cannot span "
+                        f"{len(slices)} slices evenly")
+    return mesh_utils.create_hybrid_device_mesh(
+        (num_data // len(slices), num_model), (len(slices), 1), devices)
+  return mesh_utils.create_device_mesh((num_data, num_model), devices)
 
 
 def mesh_from_config(mesh_cfg) -> Mesh:

@@ -227,3 +227,30 @@ def test_param_spec_rejects_unknown_mode():
   from merlin_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="mesh.param_sharding"):
     sharding.param_spec((8, 8), _Mesh(2), "zero3")
+
+
+def test_device_grid_keeps_model_groups_inside_a_slice_and_data_across_slices():
+  """Multislice: 'data' spans the slices, every 'model' group lies inside one slice (and
+  on CPU, one slice, the grid is jax.devices() in order, as before)."""
+  import dataclasses
+  from merlin_jax import sharding
+  from merlin_jax.errors import ConfigError
+
+  @dataclasses.dataclass(frozen=True)
+  class FakeDevice:
+    id: int
+    slice_index: int
+    process_index: int = 0
+    platform: str = "cpu"
+    device_kind: str = "cpu"
+
+  devices = [FakeDevice(i, slice_index=i // 4, process_index=i // 2) for i in range(8)]
+  grid = sharding.device_grid(devices, 4, 2)
+  assert grid.shape == (4, 2)
+  assert all(len({d.slice_index for d in row}) == 1 for row in grid)      # model: one slice
+  assert {d.slice_index for d in grid[:, 0]} == {0, 1}                    # data: both
+  assert sorted(d.id for d in grid.flat) == list(range(8))
+  with pytest.raises(ConfigError, match="slices"):
+    sharding.device_grid(devices[:6] + [FakeDevice(8, 2), FakeDevice(9, 2)], 8, 1)
+  one_slice = [FakeDevice(i, slice_index=0) for i in range(4)]
+  assert [d.id for d in sharding.device_grid(one_slice, 2, 2).flat] == [0, 1, 2, 3]
