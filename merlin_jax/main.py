@@ -10,8 +10,9 @@ status 2; `--verbose` shows the traceback. Exit status:
   0   done (WORKDIR/metrics.jsonl ends with the final metrics)
   2   bad input: nothing already in the workdir was changed
   3   a loss or gradient became NaN/inf: stopped, the last good checkpoint is kept
-  75  preempted (SIGTERM): a checkpoint of the current step was saved; rerun the same
-      command to resume (EX_TEMPFAIL)
+  75  preempted (SIGTERM, or Ctrl-C once): a checkpoint of the current step was saved;
+      rerun the same command to resume (EX_TEMPFAIL)
+  130 Ctrl-C twice: stopped at once, nothing saved since the last checkpoint
 A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun.
 """
 
@@ -42,6 +43,7 @@ _DIST_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
 BAD_INPUT_EXIT_CODE = 2
 NON_FINITE_EXIT_CODE = 3
 PREEMPTED_EXIT_CODE = 75
+INTERRUPTED_EXIT_CODE = 130   # 128 + SIGINT, as a shell reports it
 
 
 def _fail(message: str, code: int = BAD_INPUT_EXIT_CODE):
@@ -54,6 +56,14 @@ def _fail(message: str, code: int = BAD_INPUT_EXIT_CODE):
 
 def _flag_error(e: Exception, argv) -> str:
   overrides = [a for a in argv[1:] if a.startswith(("--config.", "-config."))]
+  path = next((a.split("=", 1)[1] for a in argv[1:]
+               if a.startswith(("--config=", "-config="))), "?")
+  text = str(e)
+  if "get_config" in text and isinstance(e, AttributeError):   # the file is not a config
+    return f"cannot load --config={path}: the file defines no get_config()"
+  if "Traceback (most recent call last)" in text:   # get_config itself raised
+    last = [l.strip() for l in text.splitlines() if l.strip()][-1]
+    return f"cannot load --config={path}: its get_config() raised {last}"
   if isinstance(e, (AttributeError, KeyError)):   # ml_collections: an unknown key
     text = str(e).replace("\\n", "\n")
     names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
@@ -64,8 +74,6 @@ def _flag_error(e: Exception, argv) -> str:
     return (f"{arg or 'a --config.* flag'}: unknown config key {key!r} ({hint}the keys are "
             "those of merlin_jax/config_base.py)")
   if isinstance(e, OSError):                       # the config file: missing or failing
-    path = next((a.split("=", 1)[1] for a in argv[1:]
-                 if a.startswith(("--config=", "-config="))), "?")
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     return f"cannot load --config={path}: {lines[-1] if lines else type(e).__name__}"
   return str(e)                                    # absl's flags.Error: names the flag
@@ -100,6 +108,9 @@ def main(argv):
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except KeyboardInterrupt:   # Ctrl-C twice (once saves a checkpoint: Preempted below)
+    _fail("interrupted (second Ctrl-C): stopped without saving; rerun the same command to "
+          "resume from the last checkpoint", INTERRUPTED_EXIT_CODE)
   except errors.Preempted as e:   # not an error: the run continues when rerun
     logging.flush()
     print(f"merlin_jax: {e}", file=sys.stderr, flush=True)

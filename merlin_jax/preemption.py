@@ -1,4 +1,5 @@
-"""Preemption notices: SIGTERM sets a flag; the train loop checks it once per step.
+"""Preemption notices: SIGTERM (or Ctrl-C, SIGINT) sets a flag; the train loop checks it
+once per step. A second Ctrl-C raises KeyboardInterrupt at once (nothing saved then).
 
 The handler only records the signal (nothing else is safe inside a handler); the train loop
 calls `requested()` after each step, saves a checkpoint of that step and raises
@@ -15,13 +16,23 @@ import threading
 
 import numpy as np
 
-SIGNALS = (signal.SIGTERM,)
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _requested = threading.Event()
 _depth = 0
+_signum = None
 
 
 def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
+  global _signum
+  if signum == signal.SIGINT and _requested.is_set():
+    raise KeyboardInterrupt   # Ctrl-C twice: the user does not want to wait for the save
+  _signum = _signum or signum
   _requested.set()
+
+
+def signal_name() -> str:
+  """The signal that asked to stop ('SIGTERM' when set by `request()`)."""
+  return signal.Signals(_signum or signal.SIGTERM).name
 
 
 @contextlib.contextmanager
@@ -31,8 +42,10 @@ def handle_signals():
   if threading.current_thread() is not threading.main_thread():  # signal() would fail
     yield
     return
+  global _signum
   if _depth == 0:
     _requested.clear()
+    _signum = None
   previous = {s: signal.signal(s, _handler) for s in SIGNALS}
   _depth += 1
   try:
@@ -43,6 +56,7 @@ def handle_signals():
       signal.signal(s, h)
     if _depth == 0:
       _requested.clear()
+      _signum = None
 
 
 def request() -> None:

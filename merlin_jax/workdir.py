@@ -1,22 +1,40 @@
-"""The workdir's identity: config.json, and what may change when a run is resumed."""
+"""The workdir: one run per workdir, its identity, and what may change when it is resumed.
+
+* `lock(workdir)`: an OS lock (`fcntl.flock` on the workdir itself, process 0) held for the
+  whole run; a second run on the same workdir stops with "in use by pid N on host H". The
+  kernel drops it when the holder dies (kill -9 included), so nothing is left stuck.
+* `check(config, workdir)`: whether `config` may resume the run in `workdir`, compared with
+  the config recorded inside its checkpoints (`checkpointing.step_metadata`) and with
+  config.json. Reads only: bad input leaves the workdir as it was.
+* `commit(config, workdir)`: writes config.json and the lock's owner record, once every
+  start-up check has passed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import socket
 
 import flax
 import jax
+import numpy as np
+from absl import logging
 
 from merlin_jax import checkpointing
 from merlin_jax.config_base import base_config
 from merlin_jax.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.json"
-# Keys that may change when resuming a workdir (they do not change what is computed).
+OWNER_FILE = ".lock"   # who holds the lock (information only: the flock is the lock)
+# Keys that may change when resuming a workdir: they do not change what is computed
+# (device layout, how long to go on with a constant schedule, logging and checkpoint
+# cadence, where the pre-trained start lives: its content is checked, see train.py).
 RESUMABLE_CHANGES = ("mesh.data", "mesh.model", "mesh.param_sharding", "mesh.fsdp_min_size",
-                     "total_steps", "eval.every", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "pretrained.path")
+                     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "pretrained.path")
 
 
 def flat_config(config) -> dict:
@@ -24,18 +42,74 @@ def flat_config(config) -> dict:
   return flax.traverse_util.flatten_dict(config.to_dict(), sep=".")
 
 
+def json_config(config) -> dict:
+  """flat_config as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(flat_config(config), default=str))
+
+
 def _checkpoint_steps(workdir: str) -> list[int]:
   directory = os.path.join(workdir, checkpointing.CHECKPOINTS)
   if not os.path.isdir(directory):
     return []
-  return [int(n) for n in os.listdir(directory) if n.isdigit()]
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
-def prepare(config, workdir: str) -> None:
-  """Checks that `workdir` is writable and, if it holds a run, that `config` may resume it;
-  then (process 0) writes config.json."""
+# --- the lock ------------------------------------------------------------------------------
+
+
+def _owner(workdir: str) -> str:
+  try:
+    with open(os.path.join(workdir, OWNER_FILE)) as f:
+      info = json.load(f)
+    return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
+  except (OSError, ValueError, KeyError, TypeError):
+    return "a process that is still starting up"
+
+
+def _try_lock(workdir: str):
+  """-> (fd or None, error message or None)."""
+  import fcntl
+  fd = os.open(workdir, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    return None, (f"workdir {workdir} is in use by another run ({_owner(workdir)}); wait for "
+                  "it to finish or stop it, or use another --workdir")
+  except OSError as e:  # a file system without locks: run unprotected, but say so
+    logging.warning("cannot lock workdir %s (%s); make sure no other run uses it", workdir,
+                    e.strerror)
+  return fd, None
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds the workdir's lock for the block (process 0 takes it for every process)."""
+  fd, error = None, None
+  if jax.process_index() == 0:
+    fd, error = _try_lock(workdir)
+  if jax.process_count() > 1:  # every process stops, or none
+    from jax.experimental import multihost_utils
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(ok) and error is None:
+      error = f"workdir {workdir} is in use by another run (see process 0's message)"
+  if error:
+    raise UserError(error)
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)   # releases the flock
+
+
+# --- identity and resume ---------------------------------------------------------------
+
+
+def make_dir(workdir: str) -> bool:
+  """Creates `workdir` if needed and checks it is writable; -> whether it was created."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} is a file; pass a directory path with --workdir")
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test.{jax.process_index()}")  # hosts may share it
@@ -43,32 +117,136 @@ def prepare(config, workdir: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir") from None
-  saved = os.path.join(workdir, CONFIG_FILE)
-  ckpt_dir = os.path.join(workdir, checkpointing.CHECKPOINTS)
-  has_checkpoints = os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)
-  if os.path.exists(saved) and has_checkpoints:
-    with open(saved) as f:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); choose another "
+                    "--workdir") from None
+  return created
+
+
+def recorded_config(workdir: str) -> dict | None:
+  """The config of the run in `workdir` as recorded inside its newest checkpoint that has
+  one; None when no checkpoint records it (none yet, or written by an older version)."""
+  directory = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  for step in reversed(_checkpoint_steps(workdir)):
+    meta = checkpointing.step_metadata(directory, step)
+    if isinstance(meta.get("config"), dict):
+      return meta["config"]
+  return None
+
+
+def _read_config_json(path: str) -> dict | None:
+  try:
+    with open(path) as f:
       old = json.load(f)
-    new = json.loads(json.dumps(flat_config(config)))
-    # A key added to the schema after the run was written (absent from its config.json) is
-    # unchanged when it has the default that reproduces the old behaviour: such runs resume,
-    # and config.json is rewritten with it below.
-    defaults = json.loads(json.dumps(flat_config(base_config())))
-    old.update({k: defaults[k] for k in set(new) - set(old) if k in defaults})
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    return {"__unreadable__": f"{type(e).__name__}: {e}"}
+  return old if isinstance(old, dict) else {"__unreadable__": "not a JSON object"}
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+  # A key added to the schema after the run was written (absent from its record) is
+  # unchanged when it has the default that reproduces the old behaviour.
+  defaults = json.loads(json.dumps(flat_config(base_config()), default=str))
+  old = dict(old, **{k: defaults[k] for k in set(new) - set(old) if k in defaults})
+  changed = sorted(k for k in set(old) | set(new)
+                   if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  # The schedule of a decaying learning rate spans total_steps: then it fixes the run too.
+  if (new.get("optimizer.schedule") != "constant"
+      and old.get("total_steps") != new.get("total_steps")):
+    changed.insert(0, "total_steps")
+  return changed
+
+
+def check(config, workdir: str) -> None:
+  """Raises UserError unless `config` may start or resume the run in `workdir` (reads only)."""
+  steps = _checkpoint_steps(workdir)
+  if not steps:
+    return   # nothing to resume: a fresh start (config.json is rewritten by commit)
+  new = json_config(config)
+  recorded = recorded_config(workdir)
+  on_disk = _read_config_json(os.path.join(workdir, CONFIG_FILE))
+  if recorded is None and (on_disk is None or "__unreadable__" in on_disk):
+    why = "no config.json" if on_disk is None else (
+        f"an unreadable config.json ({on_disk['__unreadable__'][:120]})")
+    raise UserError(f"workdir {workdir} holds checkpoints but {why}, and the checkpoints do "
+                    "not record their config (written by an older version), so nothing "
+                    "says which run they belong to; restore config.json, or use a new "
+                    "--workdir")
+  for what, old in (("its checkpoints", recorded), (CONFIG_FILE, on_disk)):
+    if old is None or "__unreadable__" in old:
+      continue   # recorded in the checkpoints: config.json is rewritten by commit
+    changed = _changed(old, new)
     if changed:
       k = changed[0]
-      raise UserError(f"workdir {workdir} holds a run with a different config "
-                      f"({k}: {old.get(k)!r} there, {new.get(k)!r} now); use a new --workdir "
-                      "or the same config to resume")
+      hint = ("; the learning-rate schedule spans total_steps" if k == "total_steps" else "")
+      raise UserError(f"workdir {workdir} holds a run with a different config ({k}: "
+                      f"{old.get(k)!r} there, {new.get(k)!r} now) according to {what}{hint}; "
+                      "use a new --workdir or the same config to resume")
   # A result labelled total_steps must not come from a later step.
-  steps = _checkpoint_steps(workdir) if has_checkpoints else []
-  if steps and max(steps) > config.total_steps:
+  if max(steps) > config.total_steps:
     raise ConfigError("total_steps", f"{config.total_steps}, but the checkpoints in {workdir} "
-                      f"reach step {max(steps)}; use total_steps >= {max(steps)} or a new --workdir")
-  if jax.process_index() == 0:
-    with open(saved + ".tmp", "w") as f:
-      json.dump(flat_config(config), f, indent=1, sort_keys=True, default=str)
-    os.replace(saved + ".tmp", saved)
+                      f"reach step {max(steps)}; use total_steps >= {max(steps)} or a new "
+                      "--workdir")
+
+
+def prepare(config, workdir: str) -> None:
+  """make_dir + check + commit (for callers without a start-up of their own)."""
+  make_dir(workdir)
+  check(config, workdir)
+  commit(config, workdir)
+
+
+def commit(config, workdir: str) -> None:
+  """Process 0 writes config.json and who holds the lock (after every start-up check)."""
+  if jax.process_index() != 0:
+    return
+  saved = os.path.join(workdir, CONFIG_FILE)
+  on_disk = _read_config_json(saved)
+  if on_disk is not None and "__unreadable__" in on_disk:
+    logging.warning("%s was unreadable (%s); rewritten from the config recorded in the "
+                    "checkpoints", saved, on_disk["__unreadable__"][:200])
+  with open(saved + ".tmp", "w") as f:
+    json.dump(flat_config(config), f, indent=1, sort_keys=True, default=str)
+  os.replace(saved + ".tmp", saved)
+  owner = os.path.join(workdir, OWNER_FILE)
+  with open(owner + ".tmp", "w") as f:
+    json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                   timespec="seconds")}, f)
+  os.replace(owner + ".tmp", owner)
+
+
+def restore_metrics(workdir: str, saved: list, step: int) -> None:
+  """Makes metrics.jsonl hold the records saved with checkpoint `step` (process 0): a file
+  damaged, cut or deleted since is rewritten from them, with a warning saying so."""
+  from merlin_jax.metrics import JSONL
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, JSONL)
+  current = []
+  try:
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          current.append(None)   # damaged (a torn last line is dropped by the writer anyway)
+          continue
+        if isinstance(record, dict) and record.get("step", 0) <= step and not record.get("final"):
+          current.append(record)
+  except FileNotFoundError:
+    current = None
+  want = [json.dumps(r, sort_keys=True) for r in saved]
+  have = [json.dumps(r, sort_keys=True) for r in current or [] if r is not None]
+  if have == want:
+    return
+  what = ("missing" if current is None else
+          f"different from the {len(want)} records saved with the checkpoint "
+          f"({len(set(want) - set(have))} missing or changed, {len(set(have) - set(want))} "
+          "not in it)")
+  logging.warning("%s was %s; rewritten from checkpoint %d (records up to step %d)", path,
+                  what, step, step)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in saved)
+  os.replace(path + ".tmp", path)

@@ -33,6 +33,7 @@ def run_cli(args, capfd, config=CONFIG, workdir=None):
   flags.FLAGS.unparse_flags()
   for name in [n for n in flags.FLAGS if n.startswith("config.")]:
     delattr(flags.FLAGS, name)
+  sys.modules.pop("config_config", None)   # config_flags' module of the last --config file
   capfd.readouterr()
   old_argv, sys.argv = sys.argv, argv
   try:
@@ -58,7 +59,7 @@ def assert_one_line_error(code, err, fragment=None):
 def snapshot(workdir):
   """relative path -> sha256 of every file (checkpoints, best, metrics, config, export...)."""
   out = {}
-  for f in sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)):
+  for f in sorted(glob.glob(os.path.join(workdir, "**"), recursive=True, include_hidden=True)):
     if os.path.isfile(f):
       with open(f, "rb") as fh:
         out[os.path.relpath(f, workdir)] = hashlib.sha256(fh.read()).hexdigest()
@@ -90,9 +91,10 @@ class _StderrCapture:
     return type("Out", (), {"err": "", "out": ""})()
 
 
-# kind -> (flags, expected fragment of the one line, where): where = 'fresh' (a new workdir)
-# or 'finished' (a copy of a finished run's workdir). Every case also runs on a copy of the
-# finished workdir, which must come out byte-identical.
+# kind -> (flags, expected fragment of the one line, where): where = 'fresh' (a new workdir:
+# nothing may be left in it), 'finished' (a copy of a finished run's workdir), or
+# 'finished:<damage>' (that copy, damaged first, see _DAMAGE). Every case also runs on a
+# copy of the finished workdir, which must come out byte-identical (hidden files included).
 CASES = {
     "unknown_method": (["--config.method=merlinn"], "config.method: unknown method 'merlinn'"),
     "unknown_config_key": (["--config.rhoo=1"], "--config.rhoo=1: unknown config key 'rhoo'"),
@@ -133,7 +135,56 @@ CASES = {
                                      "finished"),
     "resume_past_total_steps": (["--config.total_steps=5"],
                                 "config.total_steps: 5, but the checkpoints", "finished"),
+    # Round 2 (issue #19).
+    "keep_no_checkpoints": (["--config.keep_checkpoints=0"],
+                            "config.keep_checkpoints: must be an integer >= 1"),
+    "inner_steps_zero_with_zero_head": (["--config.inner.steps=0"],
+                                        "config.inner.steps: 0 with inner.init='zeros'"),
+    "no_target_validation_set": (["--config.data.target.num_val=0"],
+                                 "config.data.target.num_val: must be an integer >= 1"),
+    "eval_batch_size_zero": (["--config.eval.batch_size=0"],
+                             "config.eval.batch_size: must be an integer >= 1"),
+    "seed_overflows": (["--config.seed=18446744073709551616"],
+                       "config.seed: must be an integer in [0, 2**32)"),
+    "lr_nan": (["--config.optimizer.lr=nan"], "config.optimizer.lr: must be a finite number > 0"),
+    "unknown_optimizer": (["--config.optimizer.name=adamm"],
+                          "config.optimizer.name: must be one of adam, adamw, sgd, momentum"),
+    "data_dir_below_a_file": (["--config.data.source.name=usps", "--config.data.target.name=usps",
+                               "--config.data.data_dir={tmp}/a_file/tfds",
+                               "--config.data.num_source_classes=10",
+                               "--config.data.num_target_classes=10"],
+                              "config.data.data_dir: {tmp}/a_file/tfds is not a directory"),
+    "config_get_config_raises": (["--config={tmp}/raises.py"],
+                                 "its get_config() raised ValueError: boom: bad arg"),
+    "config_without_get_config": (["--config={tmp}/noget.py"],
+                                  "the file defines no get_config()"),
+    "resume_changes_eval_every": (["--config.eval.every=2"],
+                                  "(eval.every: 5 there, 2 now)", "finished"),
+    "bad_value_of_a_resumable_key": (["--config.mesh.data=3"], "mesh", "finished"),
+    "other_seed_without_config_json": (["--config.seed=1"],
+                                       "(seed: 0 there, 1 now) according to its checkpoints",
+                                       "finished:no_config_json"),
+    "other_seed_with_garbage_config_json": (["--config.seed=1"],
+                                            "(seed: 0 there, 1 now) according to its checkpoints",
+                                            "finished:garbage_config_json"),
+    "workdir_in_use": ([], "is in use by another run (pid 4242 on host elsewhere",
+                       "finished:locked"),
 }
+
+
+def _damage(workdir, how):
+  """-> an open fd to keep while the case runs (the lock), or None."""
+  if how == "no_config_json":
+    os.remove(workdir / "config.json")
+  elif how == "garbage_config_json":
+    (workdir / "config.json").write_text("{not json")
+  elif how == "locked":   # another run holds the workdir
+    import fcntl
+    (workdir / ".lock").write_text('{"pid": 4242, "host": "elsewhere", "started": "then"}')
+    fd = os.open(workdir, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+  return None
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -141,22 +192,37 @@ def test_bad_input_is_one_line_and_harms_nothing(kind, tmp_path, finished, capfd
   flags_, fragment, *where = CASES[kind]
   (tmp_path / "a_file").write_text("not a directory")
   (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01 not safetensors" * 10)
+  (tmp_path / "raises.py").write_text('def get_config():\n  raise ValueError("boom: bad arg")\n')
+  (tmp_path / "noget.py").write_text("X = 1\n")
   args = [a.replace("{tmp}", str(tmp_path)) for a in flags_]
   fragment = fragment and fragment.replace("{tmp}", str(tmp_path))
   config = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), CONFIG)
   args = [a for a in args if not a.startswith("--config=")]
   own_workdir = any(a.startswith("--workdir") for a in args) or where == ["no_workdir"]
   workdir = None if own_workdir else tmp_path / "run"
-  if where == ["finished"]:
+  fd = None
+  if where and where[0].startswith("finished"):
     shutil.copytree(finished, workdir)
-  code, err = run_cli(args, capfd, config=config, workdir=workdir)
+    fd = _damage(workdir, where[0].partition(":")[2])
+    before = snapshot(workdir)
+  try:
+    code, err = run_cli(args, capfd, config=config, workdir=workdir)
+  finally:
+    if fd is not None:
+      os.close(fd)
   message = assert_one_line_error(code, err, fragment)
   if os.environ.get("MERLIN_PRINT_TABLE"):   # the kind -> message table, for the docs
     with capfd.disabled():
-      print(f"TABLE|{kind}|{message}")
+      print(f"TABLE|{kind}|{message}", flush=True)
   # The same bad command on a finished run's workdir: one line, and every file unchanged.
   if own_workdir:   # the bad input is the workdir itself: no finished run to harm
     return
+  if where:   # the damaged / finished workdir it ran on is exactly as it was
+    assert snapshot(workdir) == before
+    if where != ["finished"]:
+      return
+  else:       # a failed start leaves no trace in a new workdir
+    assert not workdir.exists() or not os.listdir(workdir), os.listdir(workdir)
   if where != ["finished"]:
     copy = tmp_path / "finished_copy"
     shutil.copytree(finished, copy)
@@ -164,7 +230,6 @@ def test_bad_input_is_one_line_and_harms_nothing(kind, tmp_path, finished, capfd
     code, err = run_cli(args, capfd, config=config, workdir=copy)
     assert_one_line_error(code, err)
   else:
-    before = snapshot(finished)
     copy = workdir
   assert snapshot(copy) == before
 
@@ -199,3 +264,42 @@ def test_bad_input_subprocess(kind, args, devices, fragment, tmp_path):
   code, err = _subprocess(args, devices)
   message = assert_one_line_error(code, err, fragment)
   print(f"TABLE|{kind}|{message}")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled"])
+def test_corrupt_tfds_records_are_one_line(damage, tmp_path, capfd):
+  """A prepared dataset whose record files were cut or overwritten: one line naming the
+  data, exit 2 (not TensorFlow's DataLossError traceback)."""
+  import bz2
+  import numpy as np
+  from merlin_jax.data import prepare
+  rng = np.random.default_rng(0)
+  manual = tmp_path / "usps"
+  manual.mkdir()
+  for fname, n in (("usps.bz2", 40), ("usps.t.bz2", 20)):
+    lines = [" ".join([str(i % 10 + 1)] + [f"{j + 1}:{v:.3f}" for j, v in
+                                            enumerate(rng.uniform(-1, 1, 256))])
+             for i in range(n)]
+    with bz2.open(manual / fname, "wt") as f:
+      f.write("\n".join(lines) + "\n")
+  data_dir = tmp_path / "tfds"
+  prepare.prepare("usps", str(manual), str(data_dir))
+  for record in glob.glob(str(data_dir / "usps" / "*" / "*.tfrecord*")):
+    size = os.path.getsize(record)
+    if damage == "truncated":
+      os.truncate(record, size // 2)
+    else:
+      with open(record, "r+b") as f:
+        f.seek(size // 3)
+        f.write(b"\xff" * 64)
+  code, err = run_cli(["--config.data.source.name=usps", "--config.data.target.name=usps",
+                       f"--config.data.data_dir={data_dir}", "--config.data.image_size=16",
+                       "--config.data.num_source_classes=10",
+                       "--config.data.num_target_classes=10", "--config.method=joint",
+                       "--config.data.target.num_train=20", "--config.data.target.num_val=10"],
+                      capfd, workdir=tmp_path / "run")
+  message = assert_one_line_error(code, err, "cannot read the data of config.data")
+  assert not (tmp_path / "run").exists()
+  if os.environ.get("MERLIN_PRINT_TABLE"):
+    with capfd.disabled():
+      print(f"TABLE|tfds_records_{damage}|{message}", flush=True)

@@ -154,20 +154,53 @@ def test_kill9_at_two_points_then_rerun_equals_uninterrupted_run(tmp_path, env, 
   print(f"killed at steps ~{killed_at_1} and ~30")
 
 
-def test_sigterm_saves_a_checkpoint_exits_75_and_resumes(tmp_path, env, reference):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_saves_a_checkpoint_exits_75_and_resumes(tmp_path, env, reference, sig):
+  """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) alike."""
   workdir = tmp_path / "run"
   # checkpoint_every=10: stopping at step 5..9 must save an extra checkpoint of that step.
-  rc, err = _start_and_stop(_cli(workdir), env, lambda: _last_step(workdir) >= 5,
-                            signal.SIGTERM)
+  rc, err = _start_and_stop(_cli(workdir), env, lambda: _last_step(workdir) >= 5, sig)
   assert rc == 75, err[-3000:]
-  assert "Traceback" not in err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
   steps = checkpointing.make_manager(str(workdir / "checkpoints"), 5).all_steps()
   stopped = max(steps)
-  assert f"preempted (SIGTERM) at step {stopped}" in err          # the log line
+  assert f"preempted ({sig.name}) at step {stopped}" in err          # the log line
   assert err.strip().splitlines()[-1].startswith(f"merlin_jax: preempted at step {stopped}")
   assert _last_step(workdir) == stopped     # metrics up to the saved step, nothing after
   err = _finish(workdir, env)
   assert f"Resumed from {workdir / 'checkpoints'} at step {stopped}" in err
+  _assert_same_result(workdir, reference)
+
+
+def test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it(tmp_path, env,
+                                                                            reference):
+  """The same command twice at once: the second stops with one line naming the first's
+  pid; kill -9 of the first (before its first checkpoint) leaves no stale lock, and the
+  rerun ends exactly like an uninterrupted run."""
+  workdir = tmp_path / "run"
+  log = open(tmp_path / "first.log", "w")
+  first = subprocess.Popen(_cli(workdir), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=log)
+  try:
+    deadline = time.time() + 300
+    while _last_step(workdir) < 2:   # started, before checkpoint 10
+      assert first.poll() is None and time.time() < deadline, open(tmp_path / "first.log").read()
+      time.sleep(0.002)
+    first.send_signal(signal.SIGSTOP)   # holds the workdir for as long as the second needs
+    second = subprocess.run(_cli(workdir), env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+  finally:
+    if first.poll() is None:
+      first.kill()
+    log.close()
+  from tests.test_cli import assert_one_line_error
+  message = assert_one_line_error(second.returncode, second.stderr,
+                                  f"is in use by another run (pid {first.pid} on host")
+  print(f"TABLE|second_run_on_a_busy_workdir|{message}")
+  assert not (workdir / "model.safetensors").exists()
+  _finish(workdir, env)
   _assert_same_result(workdir, reference)
 
 
