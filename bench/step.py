@@ -48,7 +48,9 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import optax  # noqa: E402
 
+from merlin_jax import train  # noqa: E402
 from merlin_jax.inner import InnerConfig  # noqa: E402
+from merlin_jax.optim import make_optimizer  # noqa: E402
 from merlin_jax.methods import Context, Hyper, get_method  # noqa: E402
 from merlin_jax.models import init_head, make_backbone  # noqa: E402
 
@@ -80,6 +82,12 @@ _SIZES = flags.DEFINE_string("sizes", "5,50,200", "Inner steps n, comma separate
 _CONFIGS = flags.DEFINE_string("configs", "", "Comma-separated config names (default: all).")
 _SKIP_RSS = flags.DEFINE_bool("skip_rss", False, "No per-config RSS subprocesses.")
 _SINGLE = flags.DEFINE_string("single", "", "Internal: run this one config alone (a child).")
+_PEER = flags.DEFINE_bool("peer", False, "Time the PyTorch peer (--peer_script) and ours "
+                          "(the shipped train.make_train_step) alternately in this run.")
+_PEER_SCRIPT = flags.DEFINE_string(
+    "peer_script", os.path.join(_ROOT, "..", "shared", "bench", "merlin_torch.py"),
+    "--peer: the PyTorch peer of BENCH.md.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "--peer: alternating rounds (peer, ours) per config.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +177,131 @@ def build(cfg: BenchConfig, seed: int = 0):
   jitted = jax.jit(step, donate_argnums=0)
   carry = (params, opt_state, k_step)
   return jitted, carry, batch
+
+
+def build_shipped(cfg: BenchConfig, seed: int = 0):
+  """The same work as `build`, as the training program runs it: `train.make_train_step`
+  over a `train.TrainState`, with `optim.make_optimizer` (sgd 0.01, constant). Returns
+  (jitted step, state, source, target); step(state, source, target, None) -> (state, metrics)."""
+  backbone = make_backbone(_model_cfg(), (1,) + IMAGE_SHAPE)
+  inner = InnerConfig(kind="gd", steps=cfg.steps, lr=INNER_LR, first_order=cfg.first_order,
+                      remat=cfg.remat, init="zeros")
+  hp = Hyper(num_source_classes=NUM_CLASSES, num_target_classes=NUM_CLASSES, rho=1.0,
+             alpha=0.5, inner=inner, split_train_size=SPLIT, split_val_size=SPLIT,
+             target_batch_size=0)
+  ctx = Context(backbone=backbone, hp=hp)
+  k_init, k_src, k_tgt, k_data, k_step = jax.random.split(jax.random.key(seed), 5)
+  ks = jax.random.split(k_data, 4)
+  source = {"inputs": jax.random.normal(ks[0], (SOURCE_BATCH,) + IMAGE_SHAPE, jnp.float32),
+            "label": jax.random.randint(ks[1], (SOURCE_BATCH,), 0, NUM_CLASSES)}
+  target = {"inputs": jax.random.normal(ks[2], (NUM_TARGET,) + IMAGE_SHAPE, jnp.float32),
+            "label": jax.random.randint(ks[3], (NUM_TARGET,), 0, NUM_CLASSES)}
+  bb_params, model_state = backbone.init(k_init, jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32))
+  params = {"backbone": bb_params,
+            "source_head": init_head(k_src, backbone.feature_dim, NUM_CLASSES, "random"),
+            "target_head": init_head(k_tgt, backbone.feature_dim, NUM_CLASSES, "random")}
+  opt_cfg = ml_collections.ConfigDict(dict(name="sgd", lr=OUTER_LR, momentum=0.0,
+                                           weight_decay=0.0, schedule="constant",
+                                           warmup_steps=0, grad_clip=0.0))
+  tx = make_optimizer(opt_cfg, total_steps=1)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           model_state=model_state, opt_state=tx.init(params),
+                           best_val_accuracy=jnp.zeros((), jnp.float32),
+                           best_step=jnp.zeros((), jnp.int32))
+  step = train.make_train_step(get_method(cfg.method), ctx, tx, k_step)
+  return step, state, source, target
+
+
+class ShippedRunner:
+  """`build_shipped`'s step, compiled: `.run(warmup, steps)` -> step times (ms)."""
+
+  def __init__(self, cfg: BenchConfig):
+    self.cfg = cfg
+    step, self.state, self.source, self.target = build_shipped(cfg)
+    t0 = time.perf_counter()
+    self.compiled = step.lower(self.state, self.source, self.target, None).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.times_ms: list[float] = []
+    self.loss = None
+
+  def run(self, warmup: int, steps: int) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+      t0 = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.source, self.target, None)
+      _block((self.state, metrics["loss"]))
+      if i >= warmup:
+        times.append((time.perf_counter() - t0) * 1e3)
+    self.loss = float(metrics["loss"])
+    self.times_ms += times
+    return times
+
+
+def peer_args(cfg: BenchConfig) -> list[str] | None:
+  """The peer's command-line flags for `cfg` (None: the peer has no such configuration)."""
+  if cfg.method == "joint":
+    return ["--method", "joint"]
+  if not cfg.remat or cfg.kind != "gd":
+    return None   # remat and the implicit solver are ours only
+  return ["--method", "merlin", "--n", str(cfg.steps)] + (["--first-order"] if cfg.first_order
+                                                           else [])
+
+
+def run_peer(script: str, cfg: BenchConfig, warmup: int, steps: int) -> list[float]:
+  cmd = [sys.executable, script, *peer_args(cfg), "--warmup", str(warmup), "--steps",
+         str(steps), "--threads", str(os.cpu_count() or 1)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"peer {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+  rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  return [1e3 * r["time_s"] for r in rows if "time_s" in r]
+
+
+def peer_round_robin(cfgs, warmup: int, steps: int, rounds: int, script: str, log=print):
+  """Rounds of (peer, ours) per configuration, alternating, in this one run: the machine's
+  load moves both sides alike. Medians over every timed step of every round."""
+  cfgs = [c for c in cfgs if peer_args(c) is not None]
+  ours = {}
+  for cfg in cfgs:
+    ours[cfg.name] = ShippedRunner(cfg)
+    log(f"  compiled {cfg.name:24s} {ours[cfg.name].compile_s:6.2f}s")
+  peer_ms = {c.name: [] for c in cfgs}
+  round_medians = {c.name: [] for c in cfgs}
+  for r in range(rounds):
+    for cfg in cfgs:
+      p = run_peer(script, cfg, warmup, steps)
+      o = ours[cfg.name].run(warmup, steps)
+      peer_ms[cfg.name] += p
+      round_medians[cfg.name].append((statistics.median(p), statistics.median(o)))
+      log(f"  round {r} {cfg.name:24s} peer {statistics.median(p):7.1f} ms  "
+          f"ours {statistics.median(o):7.1f} ms")
+  out = {}
+  for cfg in cfgs:
+    o, p = ours[cfg.name].times_ms, peer_ms[cfg.name]
+    out[cfg.name] = {"label": cfg.label, "ours_ms": statistics.median(o),
+                     "peer_ms": statistics.median(p), "ours_times_ms": o, "peer_times_ms": p,
+                     "round_medians": round_medians[cfg.name],
+                     "compile_s": ours[cfg.name].compile_s, "final_loss": ours[cfg.name].loss}
+  j = out.get("joint")
+  for v in out.values():
+    v["ours_ratio"] = v["ours_ms"] / j["ours_ms"] if j else None
+    v["peer_ratio"] = v["peer_ms"] / j["peer_ms"] if j else None
+  return out
+
+
+def peer_table(res: dict) -> str:
+  lines = ["| config | ours ms | ours / joint | peer ms | peer / joint | peer / ours |",
+           "|---|---|---|---|---|---|"]
+  for v in res.values():
+    lines.append(f"| {v['label']} | {v['ours_ms']:.1f} | {v['ours_ratio']:.2f} | "
+                 f"{v['peer_ms']:.1f} | {v['peer_ratio']:.2f} | "
+                 f"{v['peer_ms'] / v['ours_ms']:.2f} |")
+  n200 = res.get("merlin_n200_so")
+  if n200:
+    lines.append(f"\nGoal MeRLin n=200 / joint <= 1.10: {n200['ours_ratio']:.2f} "
+                 f"({'met' if n200['ours_ratio'] <= 1.10 else 'NOT met'}); faster than the peer "
+                 f"at every config: {all(v['ours_ms'] < v['peer_ms'] for v in res.values())}")
+  return "\n".join(lines)
 
 
 def _block(tree):
@@ -425,6 +558,13 @@ def main(argv):
   print(f"# {meta['command']}  {meta['date_utc']}  jax {meta['jax']} {meta['backend']} "
         f"{meta['cpu_count']} CPUs  warmup {warmup} steps {steps}", flush=True)
   log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+  if _PEER.value:
+    res = peer_round_robin(cfgs, warmup, steps, _ROUNDS.value, _PEER_SCRIPT.value, log)
+    print(peer_table(res))
+    if _OUT.value:
+      with open(_OUT.value, "w") as f:
+        json.dump({"meta": meta, "peer_round_robin": res}, f, indent=1)
+    return 0
   # The RSS children first: a child's ru_maxrss starts from the RSS of the process that
   # spawned it (the kernel carries the pre-exec high-water mark over), so spawn them
   # while this process is still small (JAX imported, nothing compiled).

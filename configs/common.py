@@ -118,6 +118,7 @@ def large_image_pair(source: str, num_source_classes: int, target: str, num_targ
   c.data.shuffle_buffer = 10_000    # ours
   c.model.name = "resnet18"         # ours (resnet50 also available)
   c.model.batch_norm = True
+  c.model.dtype = "bfloat16"        # ours: bf16 activations, float32 params / BN stats / head
   c.batch_size = 256                # ours
   c.optimizer.name = "momentum"     # ours
   c.optimizer.lr = 0.1 * c.batch_size / 256   # ours: linear scaling from 0.1 at 256
@@ -192,6 +193,7 @@ def glue(task: str, fields: Sequence[str], num_train_split: int, num_val: int,
   c = text_target(task, arg.bert_dir, fields, pooling="pooler", max_length=128,
                   test_split="validation")
   c.method = arg.method
+  c.model.dtype = "bfloat16"                       # ours: bf16 activations, float32 params
   batch, epochs = 32, 3                            # ours: the BERT GLUE recipe
   num_train = num_train_split - num_val
   c.total_steps = epochs * num_train // batch      # 3 epochs of D_t

@@ -5,7 +5,9 @@
            (`eval.probe_steps`/`probe_lr` override n/eta), then applied to the eval set.
 Source accuracy (when the model has a trained source head) uses the source head.
 Every set is read through `data.eval_batches(name, batch_size)` (padded, masked, this
-process's rows), so each batch is split over the mesh's 'data' axis.
+process's rows), so each batch is split over the mesh's 'data' axis; the probe's pass over
+the target pool runs in chunks of the same size inside one jit (`chunked_features`), so
+neither grows with the set and both shrink with devices.
 """
 
 from __future__ import annotations
@@ -17,9 +19,20 @@ import jax.numpy as jnp
 
 from merlin_jax import inner as inner_lib, losses, sharding
 from merlin_jax.methods import Context, Method
+from merlin_jax.methods.base import batch_size as num_rows, take
 from merlin_jax.models import apply_head
 
 PROBE_KEY_SALT = 0x5EED   # the probe head's init key: fold_in(key(seed), PROBE_KEY_SALT)
+
+
+def eval_features(backbone):
+  """features(params, model_state, x) -> [N, D]: the backbone in eval mode, jitted."""
+
+  @jax.jit
+  def features(params, model_state, x):
+    return backbone.features(params["backbone"], model_state, x, train=False)[0]
+
+  return features
 
 
 class Evaluator:
@@ -30,6 +43,10 @@ class Evaluator:
     self.target_pool = target_pool
     n_dev = mesh.shape[sharding.DATA]
     self.batch_size = -(-config.eval.batch_size // n_dev) * n_dev
+    # The probe's chunk: eval.batch_size rows, or the whole pool when it is smaller.
+    n_pool = num_rows(target_pool["inputs"])
+    chunk = min(self.batch_size, -(-n_pool // n_dev) * n_dev)
+    chunk_sharding = sharding.data_sharding(mesh)
     overrides = {}
     if config.eval.probe_steps:
       overrides["steps"] = int(config.eval.probe_steps)
@@ -38,14 +55,13 @@ class Evaluator:
     self.probe_inner = dataclasses.replace(ctx.hp.inner, first_order=True, **overrides)
     self.probe_key = jax.random.fold_in(jax.random.key(seed), PROBE_KEY_SALT)
     backbone = ctx.backbone
-
-    @jax.jit
-    def features(params, model_state, x):
-      return backbone.features(params["backbone"], model_state, x, train=False)[0]
+    features = eval_features(backbone)
 
     @jax.jit
     def fit_probe(params, model_state, pool):
-      f = backbone.features(params["backbone"], model_state, pool["inputs"], train=False)[0]
+      f = chunked_features(
+          lambda x: backbone.features(params["backbone"], model_state, x, train=False)[0],
+          pool["inputs"], chunk, chunk_sharding)
       return inner_lib.fit_head(self.probe_inner, f, pool["label"],
                                 ctx.hp.num_target_classes, self.probe_key)
 
@@ -92,3 +108,23 @@ class Evaluator:
     return {f"{name}_accuracy": self.eval_set(name, params, model_state,
                                               head=params["source_head"])
             for name in self.data.eval_sets() if name.startswith("source")}
+
+
+def chunked_features(features_fn, inputs, chunk: int, chunk_sharding):
+  """features_fn over every row of `inputs` (a pytree [N, ...]), `chunk` rows at a time.
+
+  Traced inside the caller's jit: a `lax.map` over chunks, each gathered from `inputs` and
+  constrained to `chunk_sharding` (rows on 'data'), so the working memory is one chunk split
+  over the devices whatever N. The last chunk repeats row N - 1 to fill up; those rows are
+  dropped. Returns features [N, D] in row order.
+  """
+  n = num_rows(inputs)
+  n_chunks = -(-n // chunk)
+  idx = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
+
+  def one(rows):
+    x = jax.lax.with_sharding_constraint(take(inputs, rows), chunk_sharding)
+    return features_fn(x)
+
+  f = jax.lax.map(one, idx)                                     # [n_chunks, chunk, D]
+  return f.reshape((n_chunks * chunk,) + f.shape[2:])[:n]

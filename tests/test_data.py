@@ -268,13 +268,14 @@ def test_class_balanced_split_rule():
 def test_target_sets(digits_dir):
   d = data.load_transfer_data(digits_cfg(digits_dir), seed=0)
   tr, va = d.target_train, d.target_val
-  assert tr["inputs"].shape == (100, 28, 28, 1) and tr["inputs"].dtype == np.float32
+  # Stored at the model's size (28x28x1 uint8): kept uint8, scaled by the backbone.
+  assert tr["inputs"].shape == (100, 28, 28, 1) and tr["inputs"].dtype == np.uint8
   assert tr["label"].dtype == np.int32 and va["inputs"].shape == (50, 28, 28, 1)
-  assert 0.0 <= tr["inputs"].min() and tr["inputs"].max() <= 1.0
+  assert va["inputs"].dtype == np.uint8
   assert np.bincount(tr["label"], minlength=10).tolist() == [10] * 10
   assert np.bincount(va["label"], minlength=10).tolist() == [5] * 10
   assert not set(d.target_train_indices) & set(d.target_val_indices)
-  assert d.example_input.shape == (1, 28, 28, 1) and d.example_input.dtype == np.float32
+  assert d.example_input.shape == (1, 28, 28, 1) and d.example_input.dtype == np.uint8
   assert d.eval_sets() == ["target_test", "source_test"]
   # Same seed -> same sets; another seed -> other sets.
   again = data.load_transfer_data(digits_cfg(digits_dir), seed=0, need_source=False)
@@ -289,6 +290,22 @@ def test_target_sets(digits_dir):
   assert sum(b["mask"].sum() for b in test_batches) == 1797 - len(pool_labels)
   assert all(b["inputs"].shape == (500, 28, 28, 1) for b in test_batches)
   assert test_batches[-1]["mask"][-1] == 0.0
+
+
+def test_uint8_target_sets_hold_exactly_the_pipeline_floats(digits_dir, monkeypatch):
+  """Kept uint8, scaled as the backbone scales them (models.pixels_to_float), the target
+  sets are bitwise the float32 ones the pipeline makes (eval_image: convert_image_dtype)."""
+  from merlin_jax.data import image as image_lib
+  kept = data.load_transfer_data(digits_cfg(digits_dir), seed=0, need_source=False)
+  monkeypatch.setattr(image_lib, "stores_model_pixels", lambda *a: False)
+  floats = data.load_transfer_data(digits_cfg(digits_dir), seed=0, need_source=False)
+  scale = lambda u8: u8.astype(np.float32) * np.float32(1.0 / 255.0)
+  for name in ("target_train", "target_val"):
+    u8, f32 = getattr(kept, name)["inputs"], getattr(floats, name)["inputs"]
+    assert u8.dtype == np.uint8 and f32.dtype == np.float32
+    np.testing.assert_array_equal(scale(u8), f32)
+  for a, b in zip(kept.eval_batches("target_test", 500), floats.eval_batches("target_test", 500)):
+    np.testing.assert_array_equal(scale(a["inputs"]), b["inputs"])
 
 
 def test_target_too_small_is_config_error(digits_dir):
@@ -477,8 +494,10 @@ def test_signature_source_excludes_target(digits_dir):
   np.testing.assert_allclose(d.source.images[:, :14], pool[keep, :14] / 255.0, atol=1e-6)
   np.testing.assert_array_equal(d.source.labels, labels[keep])
   # The target is clean.
-  np.testing.assert_allclose(d.target_train["inputs"], pool[d.target_train_indices] / 255.0,
-                             atol=1e-6)
+  target = d.target_train["inputs"]
+  if target.dtype == np.uint8:   # kept as the dataset's pixels; models.pixels_to_float
+    target = target.astype(np.float32) * np.float32(1.0 / 255.0)
+  np.testing.assert_allclose(target, pool[d.target_train_indices] / 255.0, atol=1e-6)
   signed = next(d.eval_batches("source_test", 200))
   clean = next(d.eval_batches("source_test_clean", 200))
   np.testing.assert_array_equal(signed["inputs"][:, :14], clean["inputs"][:, :14])

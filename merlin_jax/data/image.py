@@ -35,15 +35,28 @@ def eval_set(builder, name: str, data_dir: str, split: str, image_fn, image_shap
   if n is not None and n * int(np.prod(image_shape)) * 4 <= CACHE_BYTES:
     return arrays_eval_set(*tfds_io.load_arrays(builder, name, data_dir, split, image_fn))
   # Check now (one line DataError at load time rather than mid-training).
-  tfds_io.as_dataset(builder, name, data_dir, split, decoders=tfds_io.skip_decoding())
+  tfds_io.as_dataset(builder, name, data_dir, split, decoders=tfds_io.skip_decoding(builder))
 
   def batches_fn(batch_size: int):
     ds = tfds_io.as_dataset(builder, name, data_dir, split, shuffle_files=False,
-                            decoders=tfds_io.skip_decoding())
+                            decoders=tfds_io.skip_decoding(builder))
     ds = tfds_io.decode_examples(ds, builder, image_fn).batch(batch_size).prefetch(2)
     return ({"inputs": x, "label": y} for x, y in tfds_io.import_tfds().as_numpy(ds))
 
   return EvalSet(batches_fn=batches_fn)
+
+
+def stores_model_pixels(builder, image_shape) -> bool:
+  """The dataset's images are uint8 of exactly `image_shape`: eval_image would only scale
+  them by 1/255 (no resize, no channel change)."""
+  feature = tfds_io.image_feature(builder)
+  return tuple(feature.shape) == tuple(image_shape) and feature.np_dtype == np.uint8
+
+
+def to_uint8(img):
+  """float32 pixels in [0, 1] -> uint8, rounded to the nearest k/255 (exact for k/255)."""
+  tf = tfds_io.import_tf()
+  return tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 255.0), tf.uint8)
 
 
 def validate(cfg, process_index: int, process_count: int):
@@ -88,6 +101,7 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
 
   # --- Target: D_t and its validation split, class-balanced from target.train_split -----
   tgt = cfg.target
+  tfds_io.use_feature_keys(tgt.name, tgt.get("image_key", "image"), tgt.get("label_key", "label"))
   tb = tfds_io.get_builder(tgt.name, data_dir)
   tfds_io.check_num_classes(tb, tgt.name, cfg.num_target_classes, "data.num_target_classes")
   labels = tfds_io.load_labels(tb, tgt.name, data_dir, tgt.train_split)
@@ -97,18 +111,30 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
   except ValueError as e:
     raise ConfigError("data.target.num_train", f"{e} ({tgt.name}:{tgt.train_split})") from None
   chosen = np.union1d(train_idx, val_idx)                               # sorted
-  images, labs = tfds_io.load_arrays(tb, tgt.name, data_dir, tgt.train_split, image_fn,
+  # Target images are held as uint8 where that is free: a quarter of the memory, on the
+  # host and on device (the backbone scales the rows it reads: models.pixels_to_float).
+  # Stored at the model's size: kept as is (bitwise the pipeline's floats). ImageNet-style
+  # pairs (crop): the resized crop rounded to uint8 (ours: <= 1/510 from the float crop).
+  # Other resized images (the small offline pairs) stay float32.
+  tgt_fn = image_fn
+  if not crop and stores_model_pixels(tb, image_shape):
+    tgt_fn = lambda x: x
+  elif crop:
+    tgt_fn = lambda x: to_uint8(image_fn(x))
+  images, labs = tfds_io.load_arrays(tb, tgt.name, data_dir, tgt.train_split, tgt_fn,
                                      chosen)
   pool = {"inputs": images, "label": labs}
   target_train = take_rows(pool, np.searchsorted(chosen, train_idx))
   target_val = take_rows(pool, np.searchsorted(chosen, val_idx))
-  evals = {"target_test": eval_set(tb, tgt.name, data_dir, tgt.test_split, image_fn,
+  evals = {"target_test": eval_set(tb, tgt.name, data_dir, tgt.test_split, tgt_fn,
                                    image_shape)}
 
   # --- Source ---------------------------------------------------------------------------
   source = None
   if need_source:
     src = cfg.source
+    tfds_io.use_feature_keys(src.name, src.get("image_key", "image"),
+                             src.get("label_key", "label"))
     sb = tfds_io.get_builder(src.name, data_dir)
     tfds_io.check_num_classes(sb, src.name, cfg.num_source_classes, "data.num_source_classes")
     if exclude_target and (src.name != tgt.name or src.split != tgt.train_split):
@@ -116,9 +142,9 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
                         "needs data.source.name == data.target.name and data.source.split "
                         "== data.target.train_split")
     if src.in_memory:
-      stored = tuple(sb.info.features["image"].shape)
+      stored = tuple(tfds_io.image_feature(sb).shape)
       if (stored == image_shape and not src.signature.enabled
-          and sb.info.features["image"].np_dtype == np.uint8):
+          and tfds_io.image_feature(sb).np_dtype == np.uint8):
         # Already the right size and channels: keep uint8 (a quarter of the memory).
         images, labels = tfds_io.load_arrays(sb, src.name, data_dir, src.split, lambda x: x)
       else:
@@ -151,7 +177,8 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
                                shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch,
                                process_index=process_index, process_count=process_count)
       # Check now (one line DataError at load time rather than mid-training).
-      tfds_io.as_dataset(sb, src.name, data_dir, src.split, decoders=tfds_io.skip_decoding())
+      tfds_io.as_dataset(sb, src.name, data_dir, src.split,
+                         decoders=tfds_io.skip_decoding(sb))
       if src.eval_split:
         evals["source_test"] = eval_set(sb, src.name, data_dir, src.eval_split, image_fn,
                                         image_shape)
@@ -160,4 +187,5 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
       source=source, target_train=target_train, target_val=target_val,
       num_source_classes=cfg.num_source_classes, num_target_classes=cfg.num_target_classes,
       target_train_indices=train_idx, target_val_indices=val_idx,
-      process_index=process_index, process_count=process_count, eval_data=evals)
+      process_index=process_index, process_count=process_count, eval_data=evals,
+      target_class_names=tfds_io.class_names(tb))

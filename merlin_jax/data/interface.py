@@ -122,6 +122,7 @@ class TransferData:
   process_index: int = 0
   process_count: int = 1
   eval_data: dict[str, EvalSet] = dataclasses.field(default_factory=dict, repr=False)
+  target_class_names: tuple = ()           # the label names, when the dataset has them
 
   @property
   def example_input(self):

@@ -21,18 +21,31 @@ from merlin_jax.models import bert, cnn, resnet, weights
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(cfg):
+  """config.model.dtype -> the activations' dtype (parameters stay float32)."""
+  name = cfg.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ConfigError("model.dtype", f"must be one of {sorted(DTYPES)}, got {name!r}")
+  return DTYPES[name]
+
+
 def _small_cnn(cfg):
   return cnn.SmallCNN(conv_widths=tuple(cfg.get("conv_widths", (32, 64))),
                       feature_dim=cfg.get("feature_dim", 256),
-                      use_batch_norm=cfg.get("batch_norm", False))
+                      use_batch_norm=cfg.get("batch_norm", False), dtype=compute_dtype(cfg))
 
 
 def _resnet18(cfg):
-  return resnet.ResNet18(small_inputs=cfg.get("small_inputs", False))
+  return resnet.ResNet18(small_inputs=cfg.get("small_inputs", False), dtype=compute_dtype(cfg),
+                         remat=bool(cfg.get("remat", False)))
 
 
 def _resnet50(cfg):
-  return resnet.ResNet50(small_inputs=cfg.get("small_inputs", False))
+  return resnet.ResNet50(small_inputs=cfg.get("small_inputs", False), dtype=compute_dtype(cfg),
+                         remat=bool(cfg.get("remat", False)))
 
 
 def read_export_weights(path: str) -> dict:
@@ -82,19 +95,35 @@ class Backbone:
   read_weights: Callable[[str], dict] = read_export_weights
 
   def init(self, key: jax.Array, example_input: jax.Array):
-    variables = self.module.init(key, example_input, train=False)
+    variables = self.module.init(key, pixels_to_float(example_input), train=False)
     variables = dict(variables)
     params = variables.pop("params")
     return params, variables
 
   def features(self, params, state, x, train: bool):
     """Returns (features [N, D], new_state). In train mode batch-norm statistics come from
-    this batch and the running averages in new_state are updated once (per call)."""
+    this batch and the running averages in new_state are updated once (per call).
+
+    uint8 pixels become float32 in [0, 1] here, only for the rows passed in (so a pool kept
+    in uint8 costs a quarter); features are float32 whatever the compute dtype: heads,
+    losses and the inner solve run in float32.
+    """
     variables = {"params": params, **state}
+    x = pixels_to_float(x)
     if train and state:
       feats, updates = self.module.apply(variables, x, train=True, mutable=list(state.keys()))
-      return feats, dict(updates)
-    return self.module.apply(variables, x, train=train), state
+      return feats.astype(jnp.float32), dict(updates)
+    return self.module.apply(variables, x, train=train).astype(jnp.float32), state
+
+
+def pixels_to_float(x):
+  """uint8 leaves -> float32 k/255, exactly as the data pipeline (data/sources.py) scales
+  them; every other leaf (float pixels, token ids) as is."""
+  def convert(a):
+    if a.dtype == jnp.uint8:
+      return a.astype(jnp.float32) * jnp.float32(1.0 / 255.0)
+    return a
+  return jax.tree.map(convert, x)
 
 
 def make_backbone(model_cfg, example_input_shape, dtype=jnp.float32) -> Backbone:
@@ -103,7 +132,7 @@ def make_backbone(model_cfg, example_input_shape, dtype=jnp.float32) -> Backbone
     raise ConfigError("model.name", f"unknown backbone {name!r}; choose one of {sorted(_BACKBONES)}")
   spec = _BACKBONES[name]
   module = spec.factory(model_cfg)
-  example = example_input(example_input_shape, dtype)
+  example = pixels_to_float(example_input(example_input_shape, dtype))
   shape = jax.eval_shape(lambda: module.init(jax.random.key(0), example))
   out = jax.eval_shape(lambda v: module.apply(v, example), shape)
   return Backbone(module=module, feature_dim=int(out.shape[-1]), read_weights=spec.read_weights)

@@ -92,7 +92,8 @@ class BertEmbeddings(BertModule):
     types = nn.Embed(cfg.type_vocab_size, cfg.hidden_size, embedding_init=init,
                      name="token_type_embeddings")(token_type_ids)
     x = (words + positions + types).astype(self.dtype)                 # [B, L, H]
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="LayerNorm")(x)
+    # LayerNorm statistics are float32 (flax reduces in float32); its output is self.dtype.
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x)
 
 
 class BertLayer(BertModule):
@@ -111,14 +112,17 @@ class BertLayer(BertModule):
     k = split(dense(cfg.hidden_size, "key")(x))
     v = split(dense(cfg.hidden_size, "value")(x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d_head).astype(self.dtype)
-    probs = jax.nn.softmax(scores + bias, axis=-1)                      # [B, heads, L, L]
+    # Softmax in float32 (bf16 loses the small probabilities); a no-op cast in float32.
+    probs = jax.nn.softmax((scores + bias).astype(jnp.float32), axis=-1).astype(self.dtype)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, cfg.hidden_size)
     attn = dense(cfg.hidden_size, "attention_output")(context)
-    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="attention_LayerNorm")(x + attn)
+    x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
+                     name="attention_LayerNorm")(x + attn)
     act = _ACTIVATIONS[cfg.hidden_act]
     h = act(dense(cfg.intermediate_size, "intermediate")(x))
     out = dense(cfg.hidden_size, "output")(h)
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="output_LayerNorm")(x + out)
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
+                        name="output_LayerNorm")(x + out)
 
 
 class BertEncoder(nn.Module):
@@ -157,10 +161,12 @@ class BertEncoder(nn.Module):
   def __call__(self, inputs, train: bool = False):
     del train  # deterministic (no dropout): see the module docstring
     hidden, pooled = self.encode(inputs)
+    # Features in float32 (the heads and the inner solve run in float32).
     if self.pooling == "pooler":
-      return pooled
+      return pooled.astype(jnp.float32)
     if self.pooling == "cls":
-      return hidden[:, 0]
+      return hidden[:, 0].astype(jnp.float32)
+    hidden = hidden.astype(jnp.float32)                                   # the mean in float32
     m = jnp.asarray(inputs["attention_mask"], hidden.dtype)[..., None]     # [B, L, 1]
     return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
 
@@ -206,5 +212,6 @@ def make_bert(model_cfg) -> BertEncoder:
   pooling = model_cfg.get("pooling", "pooler")
   if pooling not in POOLINGS:
     raise ConfigError("model.pooling", f"must be one of {POOLINGS}, got {pooling!r}")
+  from merlin_jax.models import compute_dtype  # the package imports this module
   return BertEncoder(bert_config_from_model_cfg(model_cfg), pooling=pooling,
-                     remat=bool(model_cfg.get("remat", False)))
+                     remat=bool(model_cfg.get("remat", False)), dtype=compute_dtype(model_cfg))

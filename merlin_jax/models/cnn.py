@@ -6,7 +6,7 @@ Conv(64,3x3)+ReLU+pool2 -> flatten -> Dense(256)+ReLU.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,16 +35,17 @@ class SmallCNN(nn.Module):
   conv_widths: Sequence[int] = (32, 64)
   feature_dim: int = 256
   use_batch_norm: bool = False
+  dtype: Any = jnp.float32   # activations / matmuls (parameters stay float32)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     # x: [N, H, W, C] float32
     for width in self.conv_widths:
-      x = nn.Conv(width, (3, 3), padding="SAME")(x)
+      x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
       if self.use_batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.feature_dim)(x))
-    return x  # [N, feature_dim]
+    x = nn.relu(nn.Dense(self.feature_dim, dtype=self.dtype)(x))
+    return x.astype(jnp.float32)  # [N, feature_dim]

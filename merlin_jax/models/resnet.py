@@ -60,6 +60,7 @@ class ResNet(nn.Module):
   small_inputs: bool = False  # 3x3 stem, no max-pool: for 28-64 px images
   dtype: Any = jnp.float32
   act: Callable = nn.relu
+  remat: bool = False         # jax.checkpoint per block: the backward keeps block inputs only
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -73,11 +74,16 @@ class ResNet(nn.Module):
       x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
       x = nn.relu(norm(name="bn_init")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
+    k = 0
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block_cls(self.num_filters * 2**i, strides=strides, conv=conv, norm=norm)(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)  # [N, C]
+        # Explicit names: the same parameter tree with and without remat.
+        x = block_cls(self.num_filters * 2**i, strides=strides, conv=conv, norm=norm,
+                      name=f"{self.block_cls.__name__}_{k}")(x)
+        k += 1
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [N, C]: pooled in float32
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=ResNetBlock)
