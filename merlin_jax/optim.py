@@ -7,7 +7,8 @@ import optax
 from merlin_jax.errors import ConfigError
 
 
-def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+def learning_rate(opt_cfg, total_steps: int):
+  """The outer learning rate: a float or an optax schedule (step -> lr)."""
   if opt_cfg.schedule == "cosine":
     lr = optax.warmup_cosine_decay_schedule(0.0, opt_cfg.lr, opt_cfg.warmup_steps,
                                             max(total_steps, opt_cfg.warmup_steps + 1))
@@ -16,6 +17,17 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
           else opt_cfg.lr)
   else:
     raise ConfigError("optimizer.schedule", f"unknown schedule {opt_cfg.schedule!r}; use constant or cosine")
+  return lr
+
+
+def lr_at(opt_cfg, total_steps: int, step: int) -> float:
+  """The learning rate of outer step `step` (0-based), for the logs."""
+  lr = learning_rate(opt_cfg, total_steps)
+  return float(lr(step)) if callable(lr) else float(lr)
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+  lr = learning_rate(opt_cfg, total_steps)
   name = opt_cfg.name
   if name == "adam":
     opt = optax.adam(lr)

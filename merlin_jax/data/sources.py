@@ -110,12 +110,13 @@ class StreamingSource:
     seed = self.seed * 1_000_003 + self.process_index   # per-process shard, own order
     read_config = tfds.ReadConfig(shuffle_seed=seed)
     ds = tfds_io.as_dataset(self.builder, self.name, self.data_dir, split, shuffle_files=True,
-                            read_config=read_config, decoders=tfds_io.skip_decoding())
+                            read_config=read_config,
+                            decoders=tfds_io.skip_decoding(self.builder))
     ds = ds.repeat().shuffle(max(self.shuffle_buffer, 1), seed=seed,
                              reshuffle_each_iteration=True)
     # Resume: skip encoded records; the index keys each example's augmentation.
     ds = ds.enumerate().skip(start_step * local)
-    image_feature = self.builder.info.features["image"]
+    image_feature = tfds_io.image_feature(self.builder)
     size, channels, augment = self.image_size, self.channels, self.augment
 
     def preprocess(i, ex):

@@ -218,5 +218,6 @@ def load_text_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
       num_source_classes=num_classes, num_target_classes=num_classes,
       target_train_indices=train_idx, target_val_indices=val_idx,
       process_index=process_index, process_count=process_count,
+      target_class_names=tfds_io.class_names(builder),
       eval_data={"target_test": EvalSet(arrays={"inputs": test_tokens,
                                                 "label": test_labels.astype(np.int32)})})

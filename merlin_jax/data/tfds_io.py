@@ -7,8 +7,11 @@ here downloads: a dataset that is not prepared raises a DataError naming the com
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -16,10 +19,32 @@ import numpy as np
 from merlin_jax.errors import ConfigError, DataError
 
 
+@contextlib.contextmanager
+def _quiet_stderr_fd():
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as null:
+      os.dup2(null.fileno(), 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
 @functools.lru_cache(maxsize=None)
 def import_tf():
-  """The tensorflow module, with the GPU hidden from it."""
-  import tensorflow as tf
+  """The tensorflow module, with the GPU hidden from it.
+
+  TF's C++ start-up lines (oneDNN, CPU features, "log messages before absl::InitializeLog")
+  go straight to file descriptor 2 during the import: hidden unless
+  MERLIN_JAX_TF_STARTUP_LOGS=1. A failing import still raises (and then prints) as usual.
+  """
+  if os.environ.get("MERLIN_JAX_TF_STARTUP_LOGS") == "1":
+    import tensorflow as tf
+  else:
+    with _quiet_stderr_fd():
+      import tensorflow as tf
   try:  # the accelerator belongs to JAX: TF only reads files and decodes images on CPU
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised by someone else
@@ -86,8 +111,14 @@ def get_builder(name: str, data_dir: str = ""):
 
 def as_dataset(builder, name: str, data_dir: str, split: str, **kwargs):
   """builder.as_dataset with one-line DataErrors for unprepared data / unknown splits."""
+  renamed = kwargs.get("decoders")
+  if isinstance(renamed, _Renamed):   # other feature names: examples get 'image' / 'label'
+    kwargs["decoders"] = renamed.decoding
   try:
-    return builder.as_dataset(split=split, **kwargs)
+    ds = builder.as_dataset(split=split, **kwargs)
+    if isinstance(renamed, _Renamed):
+      ds = ds.map(lambda ex: {renamed.names.get(k, k): v for k, v in ex.items()})
+    return ds
   except AssertionError:  # TFDS: "could not find data in DIR"
     raise DataError(f"dataset {name!r} is not prepared in "
                     f"{data_dir or '~/tensorflow_datasets'}: {prepare_hint(name, data_dir)}"
@@ -105,29 +136,80 @@ def num_examples(builder, split: str) -> int | None:
     return None
 
 
+# The image and label feature names per dataset (base name), when not 'image' / 'label':
+# config.data.{source,target}.{image_key,label_key}, set by the loaders (image.py).
+_FEATURE_KEYS: dict[str, tuple[str, str]] = {}
+
+
+def use_feature_keys(name: str, image_key: str = "image", label_key: str = "label") -> None:
+  """Read dataset `name`'s images and labels from these features (any TFDS dataset)."""
+  _FEATURE_KEYS[base_name(name)] = (image_key, label_key)
+
+
+def feature_keys(builder, kinds=("image", "label")) -> tuple[str, str]:
+  """(image feature, label feature) of `builder`'s dataset; DataError if it lacks one of
+  `kinds` (text datasets have no image)."""
+  keys = dict(zip(("image", "label"), _FEATURE_KEYS.get(builder.name, ("image", "label"))))
+  features = builder.info.features
+  for kind in kinds:
+    if keys[kind] not in features:
+      raise DataError(f"dataset {builder.name!r} has no {kind} feature {keys[kind]!r} (it "
+                      f"has {sorted(features.keys())}); set data.source.{kind}_key / "
+                      f"data.target.{kind}_key")
+  return keys["image"], keys["label"]
+
+
 def check_num_classes(builder, name: str, expected: int, key: str):
-  """ConfigError(key) unless the dataset's 'label' feature has `expected` classes."""
+  """ConfigError(key) unless the dataset's label feature has `expected` classes."""
+  label_key = feature_keys(builder, kinds=("label",))[1]
   try:
-    actual = builder.info.features["label"].num_classes
+    actual = builder.info.features[label_key].num_classes
   except Exception:  # pylint: disable=broad-except
-    raise DataError(f"dataset {name!r} has no 'label' ClassLabel feature") from None
+    raise DataError(f"dataset {name!r}: its label feature {label_key!r} is not a ClassLabel"
+                    ) from None
   if actual != expected:
     raise ConfigError(key, f"{expected}, but dataset {name!r} has {actual} classes")
 
 
-def skip_decoding():
-  """Read only 'image' (still encoded) and 'label': other features (bboxes, captions) are
-  never parsed, and images are decoded after filtering / skipping."""
+def class_names(builder) -> tuple:
+  """The 'label' feature's class names (() when it has none)."""
+  try:
+    return tuple(str(n) for n in
+                 builder.info.features[feature_keys(builder, kinds=("label",))[1]].names)
+  except Exception:  # pylint: disable=broad-except
+    return ()
+
+
+def skip_decoding(builder=None):
+  """Read only the image (still encoded) and the label, renamed 'image' and 'label': other
+  features (bboxes, captions) are never parsed, and images are decoded after filtering /
+  skipping. `builder`: for datasets whose features have other names (use_feature_keys)."""
   tfds = import_tfds()
-  return tfds.decode.PartialDecoding({"image": True, "label": True},
-                                     decoders={"image": tfds.decode.SkipDecoding()})
+  image_key, label_key = ("image", "label") if builder is None else feature_keys(builder)
+  decoding = tfds.decode.PartialDecoding({image_key: True, label_key: True},
+                                         decoders={image_key: tfds.decode.SkipDecoding()})
+  if (image_key, label_key) == ("image", "label"):
+    return decoding
+  return _Renamed(decoding, {image_key: "image", label_key: "label"})
+
+
+class _Renamed:
+  """Marks decoders whose examples `as_dataset` renames to 'image' / 'label'."""
+
+  def __init__(self, decoding, names):
+    self.decoding, self.names = decoding, names
+
+
+def image_feature(builder):
+  """The TFDS feature of `builder`'s images (decode_example of an encoded image)."""
+  return builder.info.features[feature_keys(builder)[0]]
 
 
 def decode_examples(ds, builder, image_fn: Callable):
   """Examples read with skip_decoding() -> (image_fn(decoded image), label int32), in order."""
   tf = import_tf()
-  image_feature = builder.info.features["image"]
-  return ds.map(lambda ex: (image_fn(image_feature.decode_example(ex["image"])),
+  feature = image_feature(builder)
+  return ds.map(lambda ex: (image_fn(feature.decode_example(ex["image"])),
                             tf.cast(ex["label"], tf.int32)),
                 num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -136,7 +218,7 @@ def load_labels(builder, name: str, data_dir: str, split: str) -> np.ndarray:
   """All labels of `split` in record order (images are not decoded). -> int64 [N]."""
   tfds = import_tfds()
   ds = as_dataset(builder, name, data_dir, split, shuffle_files=False,
-                  decoders=skip_decoding())
+                  decoders=skip_decoding(builder))
   ds = ds.map(lambda ex: ex["label"]).batch(65536)
   parts = [np.asarray(x) for x in tfds.as_numpy(ds)]
   return np.concatenate(parts).astype(np.int64) if parts else np.zeros([0], np.int64)
@@ -150,7 +232,7 @@ def load_arrays(builder, name: str, data_dir: str, split: str, image_fn: Callabl
   """
   tf, tfds = import_tf(), import_tfds()
   ds = as_dataset(builder, name, data_dir, split, shuffle_files=False,
-                  decoders=skip_decoding())
+                  decoders=skip_decoding(builder))
   if indices is not None:
     total = int(indices.max()) + 1 if len(indices) else 0
     keep = np.zeros([total], bool)
