@@ -38,13 +38,18 @@ def abstract_like(tree):
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), tree)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, tree, wait: bool = True) -> None:
+def save(mngr: ocp.CheckpointManager, step: int, tree, wait: bool = True,
+         metadata: dict | None = None) -> None:
+  """`metadata` (JSON) is committed inside the step with the state, with its digest: the
+  run's identity and records survive the loss of any file beside the checkpoints."""
   # The digest first: every committed checkpoint has one (a kill in between leaves at most
   # a digest without a checkpoint, harmless).
-  _record_digest(mngr, step, tree_digest(tree))
+  digest = tree_digest(tree)
+  _record_digest(mngr, step, digest)
   if step in mngr.all_steps():  # re-reached after a resume: replace (deterministic anyway)
     mngr.delete(step)
-  mngr.save(step, args=ocp.args.StandardSave(tree), force=True)
+  mngr.save(step, args=ocp.args.StandardSave(tree), force=True,
+            custom_metadata=dict(metadata or {}, digest=digest))
   if wait:
     mngr.wait_until_finished()
 
@@ -115,9 +120,21 @@ def _record_digest(mngr, step: int, digest: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+def step_metadata(directory: str, step: int) -> dict:
+  """The metadata saved inside checkpoint `step` of `directory` ({} if none or unreadable)."""
+  try:
+    with open(os.path.join(directory, str(step), "_CHECKPOINT_METADATA")) as f:
+      meta = json.load(f).get("custom_metadata")
+  except (OSError, ValueError, AttributeError):
+    return {}
+  return meta if isinstance(meta, dict) else {}
+
+
 def _check_digest(mngr, step: int, tree) -> None:
   path, name = _digest_path(mngr)
-  expected = _read_digests(path).get(f"{name}/{step}")
+  # Inside the step first: deleting checkpoint_digests.json must not disable the check.
+  expected = (step_metadata(os.fspath(mngr.directory), step).get("digest")
+              or _read_digests(path).get(f"{name}/{step}"))
   if expected is not None and tree_digest(tree) != expected:
     raise ValueError(f"checksum mismatch: the data of step {step} changed on disk after it "
                      f"was saved (recorded in {path})")
@@ -211,15 +228,16 @@ def flatten(tree) -> dict[str, np.ndarray]:
   return {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
 
 
-def export_safetensors(path: str, tree) -> None:
-  """Call on every process: FSDP-sharded leaves are gathered (a collective) first."""
+def export_safetensors(path: str, tree, metadata: dict[str, str] | None = None) -> None:
+  """Call on every process: FSDP-sharded leaves are gathered (a collective) first.
+  `metadata`: str -> str stored in the file's header (merlin_jax/export.py)."""
   from merlin_jax import sharding
   tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return
   from safetensors.numpy import save_file
   tmp = path + ".tmp"
-  save_file(flatten(tree), tmp)
+  save_file(flatten(tree), tmp, metadata=metadata)
   os.replace(tmp, path)  # atomic: never a half-written weights file
 
 

@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Inner solver of the target head (merlin, merlin_ft; also the 'probe' evaluation).
   c.inner = ml_collections.ConfigDict()
-  c.inner.kind = "gd"          # gd | ridge
+  c.inner.kind = "gd"          # gd | ridge | implicit
   c.inner.steps = 20           # n
   c.inner.lr = 1.0             # eta (with step_size='normalized': relative to 1/L_hat, stable below 2)
   # 'normalized' (ours): eta / L_hat, L_hat a bound on the head loss's curvature, stable at
@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner.weight_decay = 0.0
   c.inner.ridge_lambda = 1.0
   c.inner.ridge_scale = 1.0
+  c.inner.tol = 1e-6           # implicit: gradient-norm tolerance of the solve
 
   # --- Data ------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -67,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.source.augment = "none"      # none | light | inception
   c.data.source.in_memory = True      # small sets: index-level deterministic batching
   c.data.source.exclude_target = False  # source = source.split minus D_t and target val (same dataset+split)
+  c.data.source.image_key = "image"   # the TFDS features holding the image and the class label
+  c.data.source.label_key = "label"
   c.data.source.signature = ml_collections.ConfigDict()
   c.data.source.signature.enabled = False   # the paper's semi-synthetic source
   c.data.source.signature.strength = 1.0    # mean c/10 * strength for class c
@@ -77,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.target.test_split = "test"         # final evaluation only
   c.data.target.num_train = 500             # the target training set D_t (class-balanced)
   c.data.target.num_val = 100               # held out from it for model selection
+  c.data.target.image_key = "image"         # the TFDS features holding the image and the class label
+  c.data.target.label_key = "label"
   c.data.num_source_classes = 10
   c.data.num_target_classes = 10
   c.data.shuffle_buffer = 10_000
@@ -93,11 +98,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.feature_dim = 256
   c.model.batch_norm = False
   c.model.small_inputs = False
+  # float32 | bfloat16: the activations' and matmuls' dtype (mixed precision); parameters,
+  # optimizer state, batch-norm statistics, losses and the inner solve stay float32.
+  c.model.dtype = "float32"
   # model.name='bert' only (merlin_jax/models/bert.py).
   c.model.hf_dir = ""          # Hugging Face BERT directory: the architecture (config.json)
   c.model.num_layers = 0       # keep the first layers only (0 = all)
   c.model.pooling = "pooler"   # pooler | cls | mean: the feature the heads read
-  c.model.remat = False        # jax.checkpoint on every encoder block
+  c.model.remat = False        # jax.checkpoint on every encoder block (also resnet: every residual block)
 
   # --- Optimisation ----------------------------------------------------------------------
   c.batch_size = 128           # global source batch

@@ -23,26 +23,34 @@ class MetricWriter:
     self.is_main = jax.process_index() == 0
     self.path = os.path.join(workdir, JSONL)
     self._tb = None
+    self.records = []   # every record in the file: saved inside each checkpoint (train.py)
     if not self.is_main:
       return
     truncate_jsonl(self.path, resume_step)
+    if os.path.exists(self.path):
+      self.records = read_jsonl(self.path)
     if os.environ.get("MERLIN_JAX_TENSORBOARD", "1") == "0":  # tests: skip TF's import (~15 s)
       return
     try:  # TensorBoard is optional at run time (clu + tensorboard in requirements.txt)
+      from merlin_jax.data.tfds_io import import_tf
+      import_tf()   # first, quietly (TF's C++ start-up lines); clu imports it
       from clu import metric_writers
       self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
     except Exception:  # pragma: no cover - missing optional dependency
       self._tb = None
 
-  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+  def write(self, step: int, metrics: Mapping[str, Any], group: str = "") -> None:
+    """One line of metrics.jsonl (keys as given); in TensorBoard the tags are
+    `group/key` (train/, eval/, final/) so the dashboard groups them."""
     if not self.is_main:
       return
     record = {"step": int(step)}
     record.update({k: _to_python(v) for k, v in metrics.items()})
+    self.records.append(record)
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:
-      scalars = {k: v for k, v in record.items()
+      scalars = {f"{group}/{k}" if group else k: v for k, v in record.items()
                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
       if scalars:
         self._tb.write_scalars(int(step), scalars)
@@ -83,8 +91,14 @@ class _QuietLibraries(pylogging.Filter):
   """Hide the INFO chatter of orbax/TFDS; their warnings and errors still show."""
 
   def filter(self, record):
+    if any(text in record.getMessage() for text in _NOISE):
+      return False
     return record.levelno >= pylogging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils"))
+        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils", "jax"))
+
+
+# Warnings about the libraries' own internals that a user cannot act on.
+_NOISE = ("`FeatureConnector.dtype` is deprecated",)
 
 
 def quiet_library_logs() -> None:

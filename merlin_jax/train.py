@@ -24,13 +24,14 @@ import optax
 from absl import logging
 
 from merlin_jax import checkpointing, checks, sharding, two_stage, workdir as workdir_lib
+from merlin_jax import export as export_lib
 from merlin_jax import preemption, provenance
-from merlin_jax.errors import NonFiniteLossError, Preempted
+from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Method
 from merlin_jax.metrics import JSONL, MetricWriter, read_jsonl
 from merlin_jax.models import init_head, make_backbone
-from merlin_jax.optim import make_optimizer
+from merlin_jax.optim import lr_at, make_optimizer
 
 
 @flax.struct.dataclass
@@ -105,20 +106,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `errors.Preempted` raised; running it again resumes (merlin_jax/preemption.py).
   """
   with preemption.handle_signals():
-    return _train_and_evaluate(config, workdir)
+    method = checks.validate_config(config)
+    created = workdir_lib.make_dir(workdir)
+    try:
+      with workdir_lib.lock(workdir):   # one run per workdir, for the whole run
+        return _train_and_evaluate(config, workdir, method)
+    except UserError:
+      if created and jax.process_index() == 0 and not os.listdir(workdir):
+        os.rmdir(workdir)   # a failed start leaves no trace
+      raise
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict:
   from merlin_jax.data import pipeline  # TensorFlow is imported here, not at module import
 
-  method = checks.validate_config(config)
-  workdir_lib.prepare(config, workdir)
+  # Nothing in the workdir is written until every start-up check has passed (commit below).
+  workdir_lib.check(config, workdir)
   mesh = sharding.mesh_from_config(config.mesh)
   if method.uses_source:
     sharding.check_divisible(config.batch_size, mesh, "batch_size")
-  data = pipeline.load_transfer_data(
-      config.data, config.seed, need_source=method.uses_source,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  data = checks.load_data(pipeline, config, method)
   hp = method.hyper(config, data.num_source_classes, data.num_target_classes)
   checks.check_data_fits(method, hp, data)
   ctx = Context(backbone=make_backbone(config.model, data.example_input), hp=hp)
@@ -129,6 +136,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     params["backbone"], model_state = two_stage.load_start(config, workdir, ctx.backbone,
                                                            params["backbone"], model_state)
   anchor = params["backbone"] if method.uses_anchor else None
+  # The anchor is part of the objective: its digest goes into every checkpoint, and a
+  # resume must rebuild the same one (pretrained.path may move, not change content).
+  anchor_digest = None if anchor is None else checkpointing.tree_digest(anchor)
   optimizer = make_optimizer(config.optimizer, config.total_steps)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=optimizer.init(params),
@@ -154,17 +164,35 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   selected = {"params": state.params, "model_state": state.model_state}
   resumed_step, state = checkpointing.restore_latest(ckpt, state)
   start_step = int(state.step)
+  saved_meta = {}
   if resumed_step is not None:
-    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+    saved_meta = checkpointing.step_metadata(os.fspath(ckpt.directory), resumed_step)
+    if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
+      raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
+                        f"from those the run in {workdir} started from (its L2-SP anchor); "
+                        "point it at the same weights, or use a new --workdir")
     _, selected = checkpointing.restore_latest(best_mngr, selected, step=int(state.best_step))
-  provenance.record(workdir, config, start_step=start_step)
 
-  writer = MetricWriter(workdir, resume_step=start_step)
   train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
                                mesh=mesh, state_sharding=state_sharding)
   evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
   source_iter = (data.source.batches(start_step, config.batch_size)
                  if method.uses_source else None)
+  # Every check passed: from here on the workdir is this run's.
+  workdir_lib.commit(config, workdir)
+  if resumed_step is not None:
+    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+    if "records" in saved_meta:   # metrics.jsonl as it was at that checkpoint
+      workdir_lib.restore_metrics(workdir, saved_meta["records"], resumed_step)
+  provenance.record(workdir, config, start_step=start_step)
+  # A start without a checkpoint keeps no record (a kill before the first one left some).
+  writer = MetricWriter(workdir, resume_step=-1 if resumed_step is None else start_step)
+  identity = workdir_lib.json_config(config)
+
+  def save(step, state):
+    checkpointing.save(ckpt, step, state, metadata={
+        "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
+        "loss_window": loss_window})
 
   def evaluate_and_select(state):
     nonlocal selected
@@ -183,48 +211,59 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   if start_step == 0 and int(state.best_step) == 0 and float(state.best_val_accuracy) < 0:
     state, m = evaluate_and_select(state)  # step 0: the initial model is a candidate too
-    writer.write(0, m)
+    writer.write(0, m, group="eval")
 
   logging.info("%s: %d devices, %d process(es); steps %d -> %d", method.name, mesh.size,
                jax.process_count(), start_step, config.total_steps)
-  t_last, step_last = time.time(), start_step
   t_start = time.time()
+  # The logged loss is the mean over the logging window; its sum travels in each
+  # checkpoint's metadata (save above), so a resumed run logs what an uninterrupted one does.
+  loss_window = list(saved_meta.get("loss_window", (0.0, 0)))
+  clock = _TrainClock(config.total_steps)
   for step in range(start_step, config.total_steps):
+    clock.start()
     source = sharding.shard_batch(mesh, next(source_iter)) if source_iter is not None else None
     state, metrics = train_step(state, source, target_pool, anchor)
     metrics = jax.device_get(metrics)
+    clock.stop(first=step == start_step)   # training time only: the ETA excludes eval/saves
     done = step + 1
     if not bool(metrics.pop("finite")):
       bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
       raise NonFiniteLossError(
           f"non-finite value at step {done} in {', '.join(bad) or 'the gradient'}; stopped "
-          f"without saving it (last good checkpoint: step {ckpt.latest_step()}); lower "
-          "optimizer.lr or inner.lr")
-    if done % config.log_every == 0 or done == config.total_steps:
-      now = time.time()
-      steps_per_sec = (done - step_last) / max(now - t_last, 1e-9)
-      t_last, step_last = now, done
-      eta = (config.total_steps - done) / max(steps_per_sec, 1e-9)
-      logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", done, config.total_steps,
-                   metrics["loss"], steps_per_sec, _fmt_seconds(eta))
-      writer.write(done, dict(metrics, steps_per_sec=steps_per_sec))
+          f"without saving it (last good checkpoint: step {ckpt.latest_step()}, kept); rerun "
+          "with a lower optimizer.lr or inner.lr in a new --workdir (a workdir holds one "
+          "config)")
+    loss_window[0] += float(metrics["loss"])
+    loss_window[1] += 1
+    logged = done % config.log_every == 0 or done == config.total_steps
+    if logged or step == start_step:   # and the first step: a line early, console only
+      lr = lr_at(config.optimizer, config.total_steps, step)
+      loss = loss_window[0] / loss_window[1]
+      logging.info("step %d/%d  loss %.4f (mean of %d)  lr %.3g  %s", done, config.total_steps,
+                   loss, loss_window[1], lr, clock.progress(done))
+    if logged:
+      writer.write(done, dict(metrics, loss=loss, loss_last=metrics["loss"], lr=lr,
+                              steps_per_sec=clock.steps_per_sec), group="train")
+      loss_window = [0.0, 0]
     if done % config.eval.every == 0 or done == config.total_steps:
       state, m = evaluate_and_select(state)
       logging.info("step %d  target val accuracy %.4f (best %.4f at step %d)", done,
                    m["target_val_accuracy"], float(state.best_val_accuracy), int(state.best_step))
-      writer.write(done, m)
+      writer.write(done, m, group="eval")
     if done % config.checkpoint_every == 0 or done == config.total_steps:
-      checkpointing.save(ckpt, done, state)
-    if preemption.requested():  # SIGTERM: checkpoint this step, stop (never in the handler)
+      save(done, state)
+    if preemption.requested():  # SIGTERM/SIGINT: checkpoint this step, stop (not in the handler)
       if ckpt.latest_step() != done:
-        checkpointing.save(ckpt, done, state)
-      logging.warning("preempted (SIGTERM) at step %d: saved checkpoint %d in %s; rerun the "
-                      "same command to resume", done, done, ckpt.directory)
+        save(done, state)
+      logging.warning("preempted (%s) at step %d: saved checkpoint %d in %s; rerun the "
+                      "same command to resume", preemption.signal_name(), done, done,
+                      ckpt.directory)
       writer.close()
       raise Preempted(done, os.fspath(ckpt.directory))
 
   if int(state.step) == 0 and not ckpt.all_steps():
-    checkpointing.save(ckpt, 0, state)
+    save(0, state)
   # Final evaluation of the model selected on target validation (or of the final model, for
   # a method whose product is the end of its training: pre-training).
   final = {"final": True, "train_seconds": time.time() - t_start}
@@ -241,9 +280,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     if name == "target_test":
       final["target_test_accuracy"] = evaluator.eval_set(name, sel_params, sel_state, head)
   final.update(evaluator.source_sets(sel_params, sel_state))
-  checkpointing.export_safetensors(os.path.join(workdir, checkpointing.EXPORT),
-                                   {"params": sel_params, "model_state": sel_state})
-  writer.write(config.total_steps, final)
+  # The export is what was evaluated: for a 'probe' method the fitted head, not the
+  # never-trained params['target_head'] (merlin_jax/export.py).
+  checkpointing.export_safetensors(
+      os.path.join(workdir, checkpointing.EXPORT),
+      export_lib.exported_tree(sel_params, sel_state, head),
+      export_lib.metadata(config, method, data.num_target_classes,
+                          data.target_class_names, data.example_input, final))
+  writer.write(config.total_steps, final, group="final")
   writer.close()
   ckpt.close()
   best_mngr.close()
@@ -254,6 +298,39 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+class _TrainClock:
+  """Seconds spent in train steps only (not evaluation, checkpoints or the first step's
+  compilation): the steps/s and ETA of the progress line (clu's ReportProgress counts
+  everything between two reports)."""
+
+  def __init__(self, total_steps: int):
+    self.total_steps, self.seconds, self.steps = total_steps, 0.0, 0
+    self._t = 0.0
+    self._first = 0.0
+
+  def start(self):
+    self._t = time.perf_counter()
+
+  def stop(self, first: bool):
+    dt = time.perf_counter() - self._t
+    if first:
+      self._first = dt     # compilation: only used while nothing else is measured
+    else:
+      self.seconds, self.steps = self.seconds + dt, self.steps + 1
+
+  @property
+  def steps_per_sec(self) -> float:
+    if self.steps:
+      return self.steps / max(self.seconds, 1e-9)
+    return 1.0 / max(self._first, 1e-9)
+
+  def progress(self, done: int) -> str:
+    rate = self.steps_per_sec
+    eta = (self.total_steps - done) / max(rate, 1e-9)
+    return (f"{rate:.2f} steps/s  ETA {_fmt_seconds(eta)} (training only; "
+            f"{100 * done / max(self.total_steps, 1):.0f}%)")
 
 
 def _fmt_seconds(s: float) -> str:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from merlin_jax import losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.inner import InnerConfig
-from merlin_jax.models import Backbone, apply_head
+from merlin_jax.models import Backbone, apply_head, pixels_to_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +52,21 @@ class HParam:
     return self.key.replace(".", "_")
 
 
+def _finite(v) -> bool:   # nan/inf pass `v >= low` or break the loss: never valid
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)
+          and abs(v) != float("inf") and v == v)
+
+
 def at_least(low):
-  """An HParam check: value >= low."""
-  return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+  """An HParam check: a finite value >= low."""
+  return lambda v: (f"must be a finite number, got {v}" if not _finite(v)
+                    else None if v >= low else f"must be >= {low}, got {v}")
 
 
 def above(low):
-  """An HParam check: value > low."""
-  return lambda v: None if v > low else f"must be > {low}, got {v}"
+  """An HParam check: a finite value > low."""
+  return lambda v: (f"must be a finite number, got {v}" if not _finite(v)
+                    else None if v > low else f"must be > {low}, got {v}")
 
 
 # Every hyperparameter a registered method declared: name -> HParam (methods/__init__.py).
@@ -192,7 +199,9 @@ def backbone_features(ctx: Context, params, state, source_inputs, target_inputs,
   Returns (source_features or None, target_features or None, new_state). One pass means
   batch-norm statistics come from the combined batch and running averages update once.
   """
-  parts = [x for x in (source_inputs, target_inputs) if x is not None]
+  # uint8 pixels (a pool kept in uint8) are scaled before the concatenation would promote
+  # them to floats in [0, 255].
+  parts = [pixels_to_float(x) for x in (source_inputs, target_inputs) if x is not None]
   x = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *parts)
   feats, new_state = ctx.backbone.features(params["backbone"], state, x, train)
   n_src = 0 if source_inputs is None else batch_size(source_inputs)
