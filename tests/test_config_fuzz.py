@@ -18,6 +18,7 @@ from merlin_jax import checks, workdir as workdir_lib
 from merlin_jax.config_base import base_config
 from merlin_jax.methods import declared, get_method
 from tests.test_cli import assert_one_line_error, run_cli, snapshot
+from tests.test_cli import finished  # noqa: F401  (the finished-run fixture, shared)
 
 SEED = int(os.environ.get("MERLIN_FUZZ_SEED", "0"))
 # Keys the synthetic image run (configs/synthetic.py) does not read: a value there is not an
@@ -119,17 +120,6 @@ def test_every_key_is_fuzzed_or_not_read():
                                    if isinstance(v, bool)} == flat
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("finished")
-  os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
-  try:
-    from tests.test_cli import _StderrCapture
-    code, err = run_cli([], _StderrCapture(), workdir=workdir)
-  finally:
-    os.environ.pop("MERLIN_JAX_TENSORBOARD")
-  assert code == 0, err[-3000:]
-  return workdir
 
 
 def test_random_invalid_values_are_one_line_and_harm_nothing(tmp_path, finished, capfd,
