@@ -34,7 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of all runs.")
 _METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "bss",
-                                         "delta", "merlin", "merlin_ft"], "Methods to run.")
+                                         "co_tuning", "delta", "merlin", "merlin_ft"],
+                             "Methods to run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _GRID = flags.DEFINE_multi_string(
     "grid", [], "method:key=v1,v2[;key2=...]: values tried for that method, chosen on target val.")

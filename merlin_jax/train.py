@@ -133,9 +133,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   root_key = jax.random.key(config.seed)
   params, model_state = init_params(ctx, jax.random.fold_in(root_key, 1), data.example_input)
   if method.needs_pretrained:
-    params["backbone"], model_state = two_stage.load_start(config, workdir, ctx.backbone,
-                                                           params["backbone"], model_state)
-  anchor = params["backbone"] if method.uses_anchor else None
+    params["backbone"], model_state, heads = two_stage.load_start(
+        config, workdir, ctx.backbone, params, model_state, method.pretrained_heads)
+    params.update(heads)
+  anchor = method.anchor(ctx, params, model_state, data.target_train)
   # The anchor is part of the objective: its digest goes into every checkpoint, and a
   # resume must rebuild the same one (pretrained.path may move, not change content).
   anchor_digest = None if anchor is None else checkpointing.tree_digest(anchor)
@@ -148,7 +149,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   state_sharding = sharding.state_shardings(mesh, state, config.mesh.param_sharding,
                                             config.mesh.fsdp_min_size)
   state = sharding.place(state, state_sharding)
-  anchor = None if anchor is None else sharding.place(anchor, state_sharding.params["backbone"])
+  if anchor is not None:   # w0 shards like the backbone; any other anchor is replicated
+    backbone_like = jax.tree.structure(anchor) == jax.tree.structure(params["backbone"])
+    anchor = (sharding.place(anchor, state_sharding.params["backbone"]) if backbone_like
+              else sharding.replicate(mesh, anchor))
   logging.info("mesh %s, params %s: train state %.1f MB per device", dict(mesh.shape),
                config.mesh.param_sharding, sharding.bytes_per_device(state) / 2**20)
   target_pool = sharding.replicate(mesh, data.target_train)

@@ -3,7 +3,7 @@
 One mechanism, used by the training program and by `merlin_jax.compare` alike:
 
     path = pretrained_path(config, workdir)   # config.pretrained.path, or a pretrain run
-    backbone_params, model_state = load_start(config, workdir, backbone, ...)   # + read it
+    backbone_params, model_state, heads = load_start(config, workdir, backbone, ...)
 
 `config.pretrained.path` names the weights (a `model.safetensors`, a workdir holding one, or
 whatever the backbone's own loader accepts, e.g. a Hugging Face BERT directory). When it is
@@ -56,12 +56,17 @@ def pretrained_path(config, workdir: str) -> str:
   return run_pretrain(config, os.path.join(workdir, PRETRAIN_DIR))
 
 
-def load_start(config, workdir: str, backbone, params_template, state_template):
-  """(backbone params, model_state) of the pre-trained start, read by the backbone's own
-  reader (`Backbone.read_weights`) and checked leaf by leaf against the templates."""
+def load_start(config, workdir: str, backbone, params_template, state_template,
+               heads: tuple[str, ...] = ()):
+  """(backbone params, model_state, {head: params}) of the pre-trained start, read by the
+  backbone's own reader (`Backbone.read_weights`) and checked leaf by leaf against the
+  templates; `heads` (e.g. 'source_head') are taken from the export too."""
   path = pretrained_path(config, workdir)
   flat = backbone.read_weights(path)
-  params = checkpointing.fill_from_flat(params_template, flat, "params/backbone", path)
+  params = checkpointing.fill_from_flat(params_template["backbone"], flat, "params/backbone",
+                                        path)
   state = (checkpointing.fill_from_flat(state_template, flat, "model_state", path)
            if state_template else {})
-  return params, state
+  head_params = {h: checkpointing.fill_from_flat(params_template[h], flat, f"params/{h}", path)
+                 for h in heads}
+  return params, state, head_params

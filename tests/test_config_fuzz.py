@@ -16,7 +16,7 @@ import pytest
 
 from merlin_jax import checks, workdir as workdir_lib
 from merlin_jax.config_base import base_config
-from merlin_jax.methods import declared, get_method
+from merlin_jax.methods import METHODS, declared, get_method
 from tests.test_cli import assert_one_line_error, run_cli, snapshot
 from tests.test_cli import finished  # noqa: F401  (the finished-run fixture, shared)
 
@@ -88,10 +88,10 @@ def _cases():
       continue
     flags = []
     if key in hparams:   # read by the methods that declare it: fuzz it under one of them
-      owner = next(m for m in ("merlin", "joint", "l2sp", "target_only", "bss", "delta")
+      owner = next(m for m in ("merlin", "joint", "l2sp", "target_only", *sorted(METHODS))
                    if _declares(m, key))
       flags.append(f"--config.method={owner}")
-      if owner in ("l2sp", "bss", "delta"):
+      if get_method(owner).needs_pretrained:
         flags.append("--config.pretrained.steps=1")
     values = _invalid(key, default, rng)
     for value in rng.sample(values, min(2, len(values))):

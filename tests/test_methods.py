@@ -35,7 +35,7 @@ TOL = dict(rtol=2e-5, atol=1e-6)
 UNREADABLE_SOURCE = {"inputs": np.zeros((3, 5, 5, 2), np.float32), "label": np.zeros(3, np.int32)}
 
 ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft",
-               "bss", "delta"}
+               "bss", "delta", "co_tuning"}
 
 
 def _backbone(batch_norm=False):
@@ -144,8 +144,10 @@ def test_registry_rejects_an_unknown_method_naming_the_key():
 def test_method_flags():
   assert {n for n, m in METHODS.items() if m.uses_source} == {"pretrain", "joint", "merlin"}
   assert {n for n, m in METHODS.items() if m.needs_pretrained} == {"finetune", "l2sp",
-                                                                    "merlin_ft", "bss", "delta"}
-  assert {n for n, m in METHODS.items() if m.uses_anchor} == {"l2sp", "delta"}
+                                                                    "merlin_ft", "bss", "delta",
+                                                                    "co_tuning"}
+  assert {n for n, m in METHODS.items() if m.uses_anchor} == {"l2sp", "delta", "co_tuning"}
+  assert {n for n, m in METHODS.items() if m.pretrained_heads} == {"co_tuning"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,14 +157,25 @@ def test_method_flags():
 @pytest.mark.parametrize("name", sorted(n for n, m in METHODS.items() if not m.uses_source))
 def test_methods_without_source_never_read_it(s, name):
   ctx = s.ctx()
-  anchor = s.params["backbone"] if METHODS[name].uses_anchor else None
+  anchor = _anchor(s, name, ctx)
   without = s.run(name, ctx, batch={"source": None, "target": s.target}, anchor=anchor)
   unread = s.run(name, ctx, batch={"source": UNREADABLE_SOURCE, "target": s.target},
                  anchor=anchor)
   np.testing.assert_allclose(unread[0], without[0], **TOL)
   _assert_tree_close(unread[3], without[3])
-  _assert_tree_zero(without[3]["source_head"])
+  if "source_head" not in METHODS[name].pretrained_heads:   # (Co-Tuning trains it on D_t)
+    _assert_tree_zero(without[3]["source_head"])
   assert np.isfinite(without[0]) and _max_abs(without[3]["backbone"]) > 0
+
+
+_ANCHORS = {}   # (method, hp) -> the anchor (s.run memoises on the anchor's id)
+
+
+def _anchor(s, name, ctx):
+  key = (name, ctx.hp)
+  if key not in _ANCHORS:
+    _ANCHORS[key] = METHODS[name].anchor(ctx, s.params, s.state, s.target)
+  return _ANCHORS[key]
 
 
 def test_target_only_is_the_target_cross_entropy_of_the_learned_head(s):
@@ -445,3 +458,33 @@ def test_delta_is_the_attention_weighted_feature_distance_to_the_pretrained_netw
 def test_delta_without_anchor_fails(s):
   with pytest.raises(ValueError, match="anchor"):
     s.run("delta", s.ctx(), anchor=None)
+
+
+def test_co_tuning_fits_the_source_head_to_the_pretrained_class_relationship(s):
+  weight = 0.6
+  ctx = s.ctx(co_tuning_weight=weight)
+  anchor = _anchor(s, "co_tuning", ctx)
+  f = _np_features(s, s.params["backbone"])
+  labels = s.target["label"]
+
+  def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+  src = s.params["source_head"]
+  # The relationship of the pre-trained model: per target class, the mean source softmax.
+  p0 = softmax(f @ np.asarray(src["w"], np.float64) + np.asarray(src["b"]))   # [N, K_s]
+  relation = np.stack([p0[labels == c].mean(axis=0) for c in range(K_TGT)])
+  np.testing.assert_allclose(anchor["relationship"], relation, rtol=1e-5)
+  np.testing.assert_allclose(relation.sum(axis=1), 1.0, rtol=1e-6)
+  loss, _, metrics, grads = s.run("co_tuning", ctx, anchor=anchor)
+  aux = -np.mean(np.sum(relation[labels] * np.log(p0), axis=1))
+  head = s.params["target_head"]
+  ce = _np_ce(f @ np.asarray(head["w"], np.float64) + np.asarray(head["b"]), labels)
+  np.testing.assert_allclose(metrics["co_tuning_source_loss"], aux, rtol=1e-5)
+  np.testing.assert_allclose(loss, ce + weight * aux, rtol=1e-5)
+  assert _max_abs(grads["source_head"]) > 1e-4        # the source head is trained too
+
+
+def test_co_tuning_without_anchor_fails(s):
+  with pytest.raises(ValueError, match="anchor"):
+    s.run("co_tuning", s.ctx(), anchor=None)

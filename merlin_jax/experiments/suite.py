@@ -2,9 +2,9 @@ r"""The Table 1 analogues on offline pairs: every method x seed x pair, one comm
 
   python -m merlin_jax.experiments.suite --workdir=/tmp/merlin/suite --workspace=WORKSPACE.md
 
-(defaults: the three pairs, eight methods, seeds 0,1,2, 200 steps, DEFAULT_GRID tuned on
-seed 0; the six methods of WORKSPACE.md's table took 48 min on a 2-core CPU, BSS and DELTA
-were added after it). For each pair (a config file), runs `merlin_jax.compare`
+(defaults: the three pairs, nine methods, seeds 0,1,2, 200 steps, DEFAULT_GRID tuned on
+seed 0; the six methods of WORKSPACE.md's table took 48 min on a 2-core CPU, BSS, DELTA and
+Co-Tuning were added after it). For each pair (a config file), runs `merlin_jax.compare`
 (methods x seeds, a small grid chosen on target validation) with the outer-step budget
 scaled to `--steps` (pre-training gets the same budget), then writes a markdown table
 (target test accuracy, mean ± std over seeds) and one plot per pair (target validation
@@ -26,7 +26,7 @@ _PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/printed_mnist
                                      "configs/fashion_digits.py"],
                            "Config files (file.py[:arg]), one per pair.")
 _METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "bss",
-                                         "delta", "merlin", "merlin_ft"], "Methods.")
+                                         "co_tuning", "delta", "merlin", "merlin_ft"], "Methods.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-training).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")

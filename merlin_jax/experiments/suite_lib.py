@@ -32,6 +32,7 @@ DEFAULT_GRID = [
     "merlin:split.train_size=150;split.val_size=50",
     "merlin_ft:inner.steps=5,50", "merlin_ft:inner.lr=0.5",
     "bss:bss.eta=0.0001,0.01", "delta:delta.alpha=0.001,0.1", "delta:delta.beta=0.1",
+    "co_tuning:co_tuning.weight=0.3,3",
 ]
 
 

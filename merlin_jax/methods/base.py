@@ -11,7 +11,9 @@ batch  : {'source': {'inputs', 'label'} or None,
          'inputs' is the model input: pixels [N, H, W, C], or any pytree of arrays with a
          leading batch axis (e.g. a dict of token arrays for a text backbone).
 key    : per-step PRNG key (split resampling, head init, target minibatch)
-anchor : the pre-trained backbone params w0 when the method sets `uses_anchor`, else None
+anchor : what the method keeps of its pre-trained start when it sets `uses_anchor`: the
+         pre-trained backbone params w0 (L2-SP, DELTA), or whatever its `make_anchor`
+         computes once from the start (Co-Tuning: a class relationship); else None
 
 and what the training program needs to know without naming the method: does it read the
 source, does it start from pre-trained weights (and keep them as an anchor), which head is
@@ -159,12 +161,25 @@ class Method:
   # check_data(hp, num_target_train): raises ConfigError when the data cannot serve the
   # hyperparameters (e.g. a split larger than the target set).
   check_data: Callable[[Hyper, int], None] | None = None
+  # Heads that also start from the pre-trained export (Co-Tuning: its source head).
+  pretrained_heads: tuple[str, ...] = ()
+  # make_anchor(ctx, params, model_state, target_pool) -> the anchor, computed once from the
+  # pre-trained start (default: its backbone params).
+  make_anchor: Callable[..., Any] | None = None
 
   def __post_init__(self):
     if self.eval_head not in ("learned", "probe"):
       raise ValueError(f"eval_head must be 'learned' or 'probe', got {self.eval_head!r}")
     if self.uses_anchor and not self.needs_pretrained:
       raise ValueError(f"{self.name}: an anchor is the pre-trained start: set needs_pretrained")
+
+  def anchor(self, ctx, params, model_state, target_pool):
+    """The objective's `anchor`, from the (pre-trained) start; None without uses_anchor."""
+    if not self.uses_anchor:
+      return None
+    if self.make_anchor is None:
+      return params["backbone"]
+    return self.make_anchor(ctx, params, model_state, target_pool)
 
   def hyper_values(self, config) -> dict:
     """{name: value} of this method's hyperparameters in `config`, each checked."""
@@ -232,13 +247,14 @@ def check_target_batch(hp: Hyper, num_target_train: int) -> None:
 
 def fine_tuning_method(name: str, objective: Objective, description: str,
                        hyperparameters: tuple[HParam, ...] = (),
-                       uses_anchor: bool = False) -> Method:
+                       uses_anchor: bool = False, **fields) -> Method:
   """A method that trains the target head and every layer from the pre-trained start on
-  target minibatches (fine-tuning and its regularised variants)."""
+  target minibatches (fine-tuning and its regularised variants); `fields`: other Method
+  fields (pretrained_heads, make_anchor)."""
   return Method(name, objective, uses_source=False, needs_pretrained=True,
                 eval_head="learned", description=description, uses_anchor=uses_anchor,
                 hyperparameters=hyperparameters + (TARGET_BATCH_SIZE,),
-                check_data=check_target_batch)
+                check_data=check_target_batch, **fields)
 
 
 def sample_target_batch(key, target, size: int):
