@@ -4,8 +4,9 @@ r"""When does MeRLin help? Gain over fine-tuning against the target-set size, on
       --workspace=WORKSPACE.md
 
 (defaults: the digits and Fashion-MNIST -> digits pairs, n = 50, 100, 200, 500, 800 target
-labels (the scikit-learn digits train split has ~1,000, validation included), MeRLin, MeRLin-ft, fine-tuning, L2-SP and DELTA, seeds 0, 1, 2, 200 outer steps,
-the suite's grid chosen on target validation over the tuning seeds). Writes the table
+labels (the scikit-learn digits train split has ~1,000, validation included), MeRLin,
+MeRLin-ft, fine-tuning, L2-SP and DELTA, seeds 0, 1, 2, 200 outer steps, the suite's grid
+chosen on target validation over the tuning seeds). Writes the table
 (test accuracy, paired gain over fine-tuning, wall time and steps to the selected model)
 and a plot of the gain against n (error bars: std over seeds) into the WORKSPACE file
 between `<!-- target_size:begin -->` and `<!-- target_size:end -->`. Resumable: a rerun
