@@ -48,8 +48,9 @@ def save(mngr: ocp.CheckpointManager, step: int, tree, wait: bool = True,
   _record_digest(mngr, step, digest)
   if step in mngr.all_steps():  # re-reached after a resume: replace (deterministic anyway)
     mngr.delete(step)
+  meta = dict(metadata or {}, digest=digest)
   mngr.save(step, args=ocp.args.StandardSave(tree), force=True,
-            custom_metadata=dict(metadata or {}, digest=digest))
+            custom_metadata=dict(meta, metadata_sha256=_metadata_hash(meta)))
   if wait:
     mngr.wait_until_finished()
 
@@ -120,14 +121,28 @@ def _record_digest(mngr, step: int, digest: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+def _metadata_hash(meta: dict) -> str:
+  import hashlib
+  return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def step_metadata(directory: str, step: int) -> dict:
-  """The metadata saved inside checkpoint `step` of `directory` ({} if none or unreadable)."""
+  """The metadata saved inside checkpoint `step` of `directory`: {} if none, unreadable, or
+  changed on disk since it was saved (its own checksum: a damaged file that still parses as
+  JSON must not pass for the run's identity or records)."""
   try:
     with open(os.path.join(directory, str(step), "_CHECKPOINT_METADATA")) as f:
       meta = json.load(f).get("custom_metadata")
   except (OSError, ValueError, AttributeError):
     return {}
-  return meta if isinstance(meta, dict) else {}
+  if not isinstance(meta, dict):
+    return {}
+  expected = meta.pop("metadata_sha256", None)
+  if expected is not None and expected != _metadata_hash(meta):
+    logging.warning("the metadata inside checkpoint %d in %s changed on disk since it was "
+                    "saved; not using it", step, directory)
+    return {}
+  return meta
 
 
 def _check_digest(mngr, step: int, tree) -> None:

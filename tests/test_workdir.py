@@ -132,6 +132,29 @@ def test_the_identity_is_inside_the_checkpoints(tmp_path, reference, caplog):
   assert _records(run) == _records(reference)
 
 
+def test_a_damaged_identity_inside_a_checkpoint_is_not_trusted(tmp_path, reference, caplog):
+  """Metadata that still parses as JSON after damage (here: another seed written into the
+  newest checkpoint's record) fails its own checksum and is ignored: the older checkpoint
+  (and config.json) say what the run is, and the same config resumes exactly. (This is
+  what made tests/test_reliability.py's all-checkpoints-garbled case flaky: a garbled
+  metadata file that stayed valid JSON passed for another config.)"""
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  newest = max(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit())
+  path = run / "checkpoints" / str(newest) / "_CHECKPOINT_METADATA"
+  meta = json.loads(path.read_text())
+  assert meta["custom_metadata"]["config"]["seed"] == 0
+  meta["custom_metadata"]["config"]["seed"] = 1
+  path.write_text(json.dumps(meta))
+  assert checkpointing.step_metadata(str(run / "checkpoints"), newest) == {}
+  caplog.set_level("WARNING")
+  with pytest.raises(UserError, match=r"\(seed: 0 there, 1 now\)"):
+    train.train_and_evaluate(_cfg(seed=1), str(run))
+  assert "changed on disk since it was saved" in caplog.text
+  train.train_and_evaluate(_cfg(), str(run))   # the same config: resumes exactly
+  assert _records(run) == _records(reference)
+
+
 def test_checkpoints_without_any_identity_are_refused(tmp_path, reference):
   run = tmp_path / "run"
   shutil.copytree(reference, run)
