@@ -29,7 +29,8 @@ from merlin_jax.errors import UserError
 
 
 def load(path: str) -> "Model":
-  """A finished run's workdir, or a model.safetensors written by merlin_jax >= export/1."""
+  """A finished run's workdir, or a model.safetensors written by merlin_jax >= export/1
+  (a local path or a URI such as gs://BUCKET/dir)."""
   flat, meta = export_lib.read(path)
   if meta.get("format") != export_lib.FORMAT:
     raise UserError(f"{path} has no merlin_jax export metadata (format "

@@ -5,13 +5,15 @@ WORKDIR/checkpoints/<step>/  the full train state, periodic + final, last few ke
                              good one (a corrupt latest one falls back to the previous).
 WORKDIR/best/<step>/         the model selected on target validation (params + state).
 WORKDIR/model.safetensors    the selected model exported flat ('params/backbone/...').
+
+WORKDIR may be a URI (gs://bucket/dir): orbax writes there directly, every other file goes
+through merlin_jax/fs.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -20,6 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from merlin_jax import fs
 from merlin_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -29,7 +32,7 @@ EXPORT = "model.safetensors"
 
 def make_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(directory),
+      os.path.abspath(directory) if fs.is_local(directory) else directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
@@ -97,13 +100,14 @@ def tree_digest(tree) -> str:
 
 def _digest_path(mngr) -> tuple[str, str]:
   directory = os.fspath(mngr.directory).rstrip("/")
-  return os.path.join(os.path.dirname(directory), DIGESTS), os.path.basename(directory)
+  parent, name = directory.rsplit("/", 1) if not fs.is_local(directory) else (
+      os.path.dirname(directory), os.path.basename(directory))
+  return fs.join(parent, DIGESTS), name
 
 
 def _read_digests(path: str) -> dict:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(fs.read_text(path))
   except (OSError, ValueError):
     return {}
 
@@ -116,9 +120,7 @@ def _record_digest(mngr, step: int, digest: str) -> None:
   keep = {f"{name}/{s}" for s in mngr.all_steps()}
   digests = {k: v for k, v in digests.items() if not k.startswith(f"{name}/") or k in keep}
   digests[f"{name}/{step}"] = digest
-  with open(path + ".tmp", "w") as f:
-    json.dump(digests, f, indent=1, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  fs.write_text(path, json.dumps(digests, indent=1, sort_keys=True))
 
 
 def _metadata_hash(meta: dict) -> str:
@@ -131,8 +133,8 @@ def step_metadata(directory: str, step: int) -> dict:
   changed on disk since it was saved (its own checksum: a damaged file that still parses as
   JSON must not pass for the run's identity or records)."""
   try:
-    with open(os.path.join(directory, str(step), "_CHECKPOINT_METADATA")) as f:
-      meta = json.load(f).get("custom_metadata")
+    meta = json.loads(fs.read_text(fs.join(directory, str(step), "_CHECKPOINT_METADATA"))
+                      ).get("custom_metadata")
   except (OSError, ValueError, AttributeError):
     return {}
   if not isinstance(meta, dict):
@@ -217,17 +219,17 @@ def quarantine(mngr: ocp.CheckpointManager, steps) -> str:
   directory = os.fspath(mngr.directory)
   dest = directory.rstrip("/") + "_corrupt"
   if jax.process_index() == 0:
-    os.makedirs(dest, exist_ok=True)
-    names = [str(s) for s in steps] + [n for n in os.listdir(directory)
+    fs.makedirs(dest)
+    names = [str(s) for s in steps] + [n for n in fs.listdir(directory)
                                        if ".orbax-checkpoint-tmp" in n]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in names:
-      src = os.path.join(directory, name)
-      if os.path.exists(src):
-        target = os.path.join(dest, name)
-        if os.path.exists(target):
+      src = fs.join(directory, name)
+      if fs.exists(src):
+        target = fs.join(dest, name)
+        if fs.exists(target):
           target = f"{target}.{stamp}"
-        shutil.move(src, target)
+        fs.move(src, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("merlin_jax.checkpointing.quarantine")
@@ -250,6 +252,10 @@ def export_safetensors(path: str, tree, metadata: dict[str, str] | None = None) 
   tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return
+  if not fs.is_local(path):   # one object write (atomic there); the same bytes as save_file
+    from safetensors.numpy import save
+    fs.write_bytes(path, save(flatten(tree), metadata=metadata))
+    return
   from safetensors.numpy import save_file
   tmp = path + ".tmp"
   save_file(flatten(tree), tmp, metadata=metadata)
@@ -261,11 +267,11 @@ def load_safetensors(path: str, what: str = "weights file",
                                          "a pretrain run (or a workdir containing one)"
                      ) -> dict[str, np.ndarray]:
   """{name: array} of a safetensors file; a missing or unreadable file is a UserError."""
-  from safetensors.numpy import load_file
-  if not os.path.isfile(path):
+  from safetensors.numpy import load, load_file
+  if not fs.is_file(path):
     raise UserError(f"{what} {path} does not exist; {missing_hint}")
   try:
-    return load_file(path)
+    return load_file(path) if fs.is_local(path) else load(fs.read_bytes(path))
   except Exception as e:  # noqa: BLE001
     raise UserError(f"{what} {path} is not a readable safetensors file ({type(e).__name__}); "
                     "re-export it or point config.pretrained.path at another file") from None
@@ -294,9 +300,9 @@ def fill_from_flat(target, flat: dict[str, np.ndarray], prefix: str, source: str
 
 def resolve_pretrained(path: str) -> str:
   """A .safetensors file, or a workdir holding one."""
-  if os.path.isdir(path):
-    candidate = os.path.join(path, EXPORT)
-    if os.path.isfile(candidate):
+  if fs.is_dir(path):
+    candidate = fs.join(path, EXPORT)
+    if fs.is_file(candidate):
       return candidate
     raise UserError(f"config.pretrained.path={path} is a directory without {EXPORT}; point it at a "
                     "finished pretrain workdir or a .safetensors file")

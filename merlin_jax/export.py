@@ -71,12 +71,21 @@ def exported_tree(params, model_state, head) -> dict:
 
 def read(path: str) -> tuple[dict, dict]:
   """(flat arrays, metadata fields) of an export (a .safetensors file or a workdir holding
-  one); the fields are {} for a file without merlin_jax metadata."""
-  from safetensors import safe_open
+  one, local or a URI such as gs://...); the fields are {} for a file without merlin_jax
+  metadata."""
   from merlin_jax import checkpointing
   path = checkpointing.resolve_pretrained(path)
   flat = checkpointing.load_safetensors(path, what="model", missing_hint="give a workdir of a "
                                         "finished run or its model.safetensors")
-  with safe_open(path, framework="numpy") as f:
-    meta = dict(f.metadata() or {})
+  meta = _header_metadata(path)
   return flat, (json.loads(meta[KEY]) if KEY in meta else {})
+
+
+def _header_metadata(path: str) -> dict:
+  """The `__metadata__` of a safetensors header (the format: an 8-byte little-endian
+  length, then that many bytes of JSON); read without the tensors, from any URI."""
+  from merlin_jax import fs
+  with fs.as_path(path).open("rb") as f:
+    size = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(size))
+  return dict(header.get("__metadata__") or {})

@@ -25,7 +25,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally `file.py:arg`.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports: "
+                                "a local path or a URI such as gs://BUCKET/dir.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-process runs (merlin_jax/distributed.py; launch/ has the commands for pods/clusters).

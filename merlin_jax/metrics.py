@@ -1,4 +1,10 @@
-"""Metrics to WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard, from process 0."""
+"""Metrics to WORKDIR/metrics.jsonl (one JSON object per line) and TensorBoard, from process 0.
+
+On an object store (a gs:// workdir) metrics.jsonl is rewritten whole at each write (objects
+cannot be appended to) and TensorBoard's events go through TensorFlow's own file system
+(`tf.summary`): the real GCS works, an emulator cannot (TF's GCS endpoint is fixed), so with
+STORAGE_EMULATOR_HOST set a gs:// workdir gets no TensorBoard events, and the log says so.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import logging
+
+from merlin_jax import fs
 
 JSONL = "metrics.jsonl"
 
@@ -21,22 +30,32 @@ def _to_python(v):
 class MetricWriter:
   def __init__(self, workdir: str, resume_step: int = 0):
     self.is_main = jax.process_index() == 0
-    self.path = os.path.join(workdir, JSONL)
+    self.path = fs.join(workdir, JSONL)
+    self._local = fs.is_local(workdir)
     self._tb = None
     self.records = []   # every record in the file: saved inside each checkpoint (train.py)
     if not self.is_main:
       return
     truncate_jsonl(self.path, resume_step)
-    if os.path.exists(self.path):
+    if fs.exists(self.path):
       self.records = read_jsonl(self.path)
     if os.environ.get("MERLIN_JAX_TENSORBOARD", "1") == "0":  # tests: skip TF's import (~15 s)
+      return
+    tb_dir = fs.join(workdir, "tensorboard")
+    if not self._local and os.environ.get("STORAGE_EMULATOR_HOST"):
+      logging.warning("no TensorBoard events for %s: tf.summary writes through TensorFlow's "
+                      "GCS file system, which cannot reach the emulator at "
+                      "STORAGE_EMULATOR_HOST=%s (its endpoint is fixed); metrics.jsonl has "
+                      "every metric", workdir, os.environ["STORAGE_EMULATOR_HOST"])
       return
     try:  # TensorBoard is optional at run time (clu + tensorboard in requirements.txt)
       from merlin_jax.data.tfds_io import import_tf
       import_tf()   # first, quietly (TF's C++ start-up lines); clu imports it
       from clu import metric_writers
-      self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-    except Exception:  # pragma: no cover - missing optional dependency
+      self._tb = metric_writers.SummaryWriter(tb_dir)
+    except Exception as e:  # noqa: BLE001 - a missing optional dependency, an unwritable URI
+      logging.warning("no TensorBoard events in %s (%s: %s); metrics.jsonl has every metric",
+                      tb_dir, type(e).__name__, " ".join(str(e).split())[:200])
       self._tb = None
 
   def write(self, step: int, metrics: Mapping[str, Any], group: str = "") -> None:
@@ -47,8 +66,10 @@ class MetricWriter:
     record = {"step": int(step)}
     record.update({k: _to_python(v) for k, v in metrics.items()})
     self.records.append(record)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if self._local:
+      fs.append_text(self.path, json.dumps(record) + "\n")
+    else:   # an object cannot be appended to: rewrite it from the records (all of them)
+      fs.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
     if self._tb is not None:
       scalars = {f"{group}/{k}" if group else k: v for k, v in record.items()
                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -63,11 +84,11 @@ class MetricWriter:
 
 def truncate_jsonl(path: str, keep_upto_step: int) -> None:
   """Drop records past `keep_upto_step` (written after the checkpoint we resume from), so a
-  resumed run's file equals an uninterrupted run's. Atomic: write aside, then rename."""
-  if not os.path.exists(path):
+  resumed run's file equals an uninterrupted run's. Atomic (merlin_jax/fs.py)."""
+  try:
+    lines = fs.read_text(path).splitlines(keepends=True)
+  except FileNotFoundError:
     return
-  with open(path) as f:
-    lines = f.readlines()
   kept = []
   for line in lines:
     try:
@@ -76,25 +97,25 @@ def truncate_jsonl(path: str, keep_upto_step: int) -> None:
       continue
     if record.get("step", 0) <= keep_upto_step and not record.get("final"):
       kept.append(json.dumps(record) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  fs.write_text(path, "".join(kept))
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Hide the INFO chatter of orbax/TFDS; their warnings and errors still show."""
+  """Hide the INFO chatter of orbax/TFDS/gcsfs; their warnings and errors still show, except
+  gcsfs's log of an exception it raises (a traceback): the caller reports it, in one line."""
 
   def filter(self, record):
     if any(text in record.getMessage() for text in _NOISE):
       return False
+    if record.exc_info and "/gcsfs/" in record.pathname:
+      return False
     return record.levelno >= pylogging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "etils", "jax"))
+        f"/{lib}/" in record.pathname
+        for lib in ("orbax", "tensorflow_datasets", "etils", "jax", "gcsfs", "fsspec"))
 
 
 # Warnings about the libraries' own internals that a user cannot act on.

@@ -20,7 +20,8 @@ import sys
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_string("model", None, "A finished run's workdir or its model.safetensors.")
+_MODEL = flags.DEFINE_string("model", None, "A finished run's workdir or its model.safetensors "
+                             "(a local path or a URI such as gs://BUCKET/dir).")
 _IMAGES = flags.DEFINE_string("images", None, "A folder of images (recursive); a sub-folder "
                               "named after a class (or its index) labels its images.")
 _TFDS = flags.DEFINE_string("tfds", None, "NAME:SPLIT of a prepared TFDS dataset.")

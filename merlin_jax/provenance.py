@@ -17,6 +17,8 @@ import subprocess
 import sys
 from importlib import metadata
 
+from merlin_jax import fs
+
 FILE = "provenance.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
             "tensorflow", "tensorflow-cpu", "numpy", "ml-collections", "absl-py", "clu",
@@ -78,11 +80,10 @@ def collect(config, *, start_step: int | None = None) -> dict:
 
 
 def read(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, FILE)
-  if not os.path.exists(path):
+  try:
+    return json.loads(fs.read_text(fs.join(workdir, FILE)))
+  except FileNotFoundError:
     return []
-  with open(path) as f:
-    return json.load(f)
 
 
 def record(workdir: str, config, *, start_step: int | None = None) -> dict:
@@ -94,12 +95,9 @@ def record(workdir: str, config, *, start_step: int | None = None) -> dict:
   try:
     records = read(workdir)
   except (OSError, ValueError):  # unreadable: keep it aside, start a new list
-    path = os.path.join(workdir, FILE)
-    os.replace(path, path + ".unreadable")
+    path = fs.join(workdir, FILE)
+    fs.move(path, path + ".unreadable")
     records = []
   records.append(rec)
-  path = os.path.join(workdir, FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(records, f, indent=1)
-  os.replace(path + ".tmp", path)
+  fs.write_text(fs.join(workdir, FILE), json.dumps(records, indent=1))
   return rec

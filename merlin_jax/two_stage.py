@@ -14,11 +14,10 @@ empty, `run_pretrain` trains `pretrain` for `config.pretrained.steps` steps in
 from __future__ import annotations
 
 import copy
-import os
 
 from absl import logging
 
-from merlin_jax import checkpointing
+from merlin_jax import checkpointing, fs
 from merlin_jax.metrics import JSONL, read_jsonl
 
 PRETRAIN_DIR = "pretrain"
@@ -38,10 +37,10 @@ def run_pretrain(config, pre_workdir: str) -> str:
   """Runs (or resumes, or reads back) `pretrain_config(config)` in pre_workdir; returns the
   path of its exported weights."""
   from merlin_jax import train  # the training program runs this stage too: import late
-  export = os.path.join(pre_workdir, checkpointing.EXPORT)
-  jsonl = os.path.join(pre_workdir, JSONL)
-  records = read_jsonl(jsonl) if os.path.exists(jsonl) else []
-  if not (records and records[-1].get("final") and os.path.isfile(export)):
+  export = fs.join(pre_workdir, checkpointing.EXPORT)
+  jsonl = fs.join(pre_workdir, JSONL)
+  records = read_jsonl(jsonl) if fs.exists(jsonl) else []
+  if not (records and records[-1].get("final") and fs.is_file(export)):
     pre = pretrain_config(config)
     logging.info("%s starts from pre-trained weights: running `pretrain` for %d steps in %s",
                  config.method, pre.total_steps, pre_workdir)
@@ -53,7 +52,7 @@ def pretrained_path(config, workdir: str) -> str:
   """config.pretrained.path if set, else the export of a pretrain run in WORKDIR/pretrain."""
   if config.pretrained.path:
     return config.pretrained.path
-  return run_pretrain(config, os.path.join(workdir, PRETRAIN_DIR))
+  return run_pretrain(config, fs.join(workdir, PRETRAIN_DIR))
 
 
 def load_start(config, workdir: str, backbone, params_template, state_template,

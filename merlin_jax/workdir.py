@@ -3,6 +3,8 @@
 * `lock(workdir)`: an OS lock (`fcntl.flock` on the workdir itself, process 0) held for the
   whole run; a second run on the same workdir stops with "in use by pid N on host H". The
   kernel drops it when the holder dies (kill -9 included), so nothing is left stuck.
+  An object store (gs://...) has no locks: there the lock is an object, WORKDIR/.lock, with
+  the holder's host, pid and a time it renews (`fs.ObjectLock`).
 * `check(config, workdir)`: whether `config` may resume the run in `workdir`, compared with
   the config recorded inside its checkpoints (`checkpointing.step_metadata`) and with
   config.json. Reads only: bad input leaves the workdir as it was.
@@ -23,12 +25,16 @@ import jax
 import numpy as np
 from absl import logging
 
-from merlin_jax import checkpointing
+from merlin_jax import checkpointing, fs
 from merlin_jax.config_base import base_config
 from merlin_jax.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.json"
-OWNER_FILE = ".lock"   # who holds the lock (information only: the flock is the lock)
+OWNER_FILE = ".lock"   # who holds the lock (information only: the flock is the lock;
+                       # on an object store this object is the lock)
+# On an object store: takes over a fresh lock object at once (fs.ObjectLock: a stale one,
+# not renewed for fs.LOCK_STALE_S, is taken over anyway).
+BREAK_LOCK_ENV = "MERLIN_JAX_BREAK_LOCK"
 # Keys that may change when resuming a workdir: they do not change what is computed
 # (device layout, how long to go on with a constant schedule, logging and checkpoint
 # cadence, where the pre-trained start lives: its content is checked, see train.py).
@@ -48,10 +54,8 @@ def json_config(config) -> dict:
 
 
 def _checkpoint_steps(workdir: str) -> list[int]:
-  directory = os.path.join(workdir, checkpointing.CHECKPOINTS)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  directory = fs.join(workdir, checkpointing.CHECKPOINTS)
+  return sorted(int(n) for n in fs.listdir(directory) if n.isdigit())
 
 
 # --- the lock ------------------------------------------------------------------------------
@@ -59,11 +63,18 @@ def _checkpoint_steps(workdir: str) -> list[int]:
 
 def _owner(workdir: str) -> str:
   try:
-    with open(os.path.join(workdir, OWNER_FILE)) as f:
-      info = json.load(f)
+    info = json.loads(fs.read_text(fs.join(workdir, OWNER_FILE)))
     return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
   except (OSError, ValueError, KeyError, TypeError):
     return "a process that is still starting up"
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _owner_record(**extra) -> dict:
+  return dict({"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}, **extra)
 
 
 def _try_lock(workdir: str):
@@ -82,12 +93,37 @@ def _try_lock(workdir: str):
   return fd, None
 
 
+def _acquire_object_lock(workdir: str) -> tuple[fs.ObjectLock | None, str | None]:
+  """-> (the held lock, None) or (None, the error message) for a workdir on an object
+  store, which has no locks (`fs.ObjectLock`: a renewed lock object, WORKDIR/.lock)."""
+  held = fs.ObjectLock(fs.join(workdir, OWNER_FILE), _owner_record())
+  holder = held.acquire(force=os.environ.get(BREAK_LOCK_ENV) == "1")
+  if holder is None:
+    logging.info("workdir %s is on an object store, which has no file locks: the lock is the "
+                 "object %s, renewed every %d s", workdir, held.path, fs.LOCK_RENEW_S)
+    return held, None
+  who = f"pid {holder.get('pid')} on host {holder.get('host')}"
+  if holder.get("age_s") is None:
+    return None, (f"workdir {workdir} is in use by another run ({who}, started at the same "
+                  "time as this one); use another --workdir")
+  age = holder["age_s"]
+  return None, (f"workdir {workdir} is in use by another run ({who}, started "
+                f"{holder.get('started')}; its lock object {held.path} was renewed {age:.0f} s "
+                "ago); wait for it to finish or stop it, or use another --workdir (if that run "
+                f"is gone: the lock is taken over {fs.LOCK_STALE_S - age:.0f} s from now, or at "
+                f"once with {BREAK_LOCK_ENV}=1)")
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
-  """Holds the workdir's lock for the block (process 0 takes it for every process)."""
-  fd, error = None, None
+  """Holds the workdir's lock for the block (process 0 takes it for every process): a
+  flock locally, a lock object (`fs.ObjectLock`) on an object store."""
+  fd, error, held = None, None, None
   if jax.process_index() == 0:
-    fd, error = _try_lock(workdir)
+    if fs.is_local(workdir):
+      fd, error = _try_lock(workdir)
+    else:
+      held, error = _acquire_object_lock(workdir)
   if jax.process_count() > 1:  # every process stops, or none
     from jax.experimental import multihost_utils
     ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
@@ -100,6 +136,8 @@ def lock(workdir: str):
   finally:
     if fd is not None:
       os.close(fd)   # releases the flock
+    if held is not None:
+      held.release()
 
 
 # --- identity and resume ---------------------------------------------------------------
@@ -107,6 +145,8 @@ def lock(workdir: str):
 
 def make_dir(workdir: str) -> bool:
   """Creates `workdir` if needed and checks it is writable; -> whether it was created."""
+  if not fs.is_local(workdir):
+    return _check_remote(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} is a file; pass a directory path with --workdir")
   created = not os.path.exists(workdir)
@@ -122,10 +162,27 @@ def make_dir(workdir: str) -> bool:
   return created
 
 
+def _check_remote(workdir: str) -> bool:
+  """A workdir URI (gs://bucket/dir): reachable and writable? (Object stores have no
+  directories: nothing to create, and a missing bucket is not created.) -> False."""
+  probe = fs.join(workdir, f".write_test.{jax.process_index()}")
+  try:
+    fs.write_text(probe, "ok")
+    fs.remove(probe)
+  except Exception as e:  # noqa: BLE001 - any failure: one line naming the workdir
+    text = " ".join(str(e).split())[:200]
+    hint = ("the bucket does not exist" if isinstance(e, FileNotFoundError) else
+            f"{type(e).__name__}{': ' + text if text else ''}")
+    raise UserError(f"workdir {workdir} cannot be written ({hint}); check the bucket name, "
+                    "your credentials (gcloud auth application-default login) and the network, "
+                    "or choose another --workdir") from None
+  return False
+
+
 def recorded_config(workdir: str) -> dict | None:
   """The config of the run in `workdir` as recorded inside its newest checkpoint that has
   one; None when no checkpoint records it (none yet, or written by an older version)."""
-  directory = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  directory = fs.join(workdir, checkpointing.CHECKPOINTS)
   for step in reversed(_checkpoint_steps(workdir)):
     meta = checkpointing.step_metadata(directory, step)
     if isinstance(meta.get("config"), dict):
@@ -135,8 +192,7 @@ def recorded_config(workdir: str) -> dict | None:
 
 def _read_config_json(path: str) -> dict | None:
   try:
-    with open(path) as f:
-      old = json.load(f)
+    old = json.loads(fs.read_text(path))
   except FileNotFoundError:
     return None
   except (OSError, ValueError) as e:
@@ -165,7 +221,7 @@ def check(config, workdir: str) -> None:
     return   # nothing to resume: a fresh start (config.json is rewritten by commit)
   new = json_config(config)
   recorded = recorded_config(workdir)
-  on_disk = _read_config_json(os.path.join(workdir, CONFIG_FILE))
+  on_disk = _read_config_json(fs.join(workdir, CONFIG_FILE))
   if recorded is None and (on_disk is None or "__unreadable__" in on_disk):
     why = "no config.json" if on_disk is None else (
         f"an unreadable config.json ({on_disk['__unreadable__'][:120]})")
@@ -201,20 +257,14 @@ def commit(config, workdir: str) -> None:
   """Process 0 writes config.json and who holds the lock (after every start-up check)."""
   if jax.process_index() != 0:
     return
-  saved = os.path.join(workdir, CONFIG_FILE)
+  saved = fs.join(workdir, CONFIG_FILE)
   on_disk = _read_config_json(saved)
   if on_disk is not None and "__unreadable__" in on_disk:
     logging.warning("%s was unreadable (%s); rewritten from the config recorded in the "
                     "checkpoints", saved, on_disk["__unreadable__"][:200])
-  with open(saved + ".tmp", "w") as f:
-    json.dump(flat_config(config), f, indent=1, sort_keys=True, default=str)
-  os.replace(saved + ".tmp", saved)
-  owner = os.path.join(workdir, OWNER_FILE)
-  with open(owner + ".tmp", "w") as f:
-    json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                   timespec="seconds")}, f)
-  os.replace(owner + ".tmp", owner)
+  fs.write_text(saved, json.dumps(flat_config(config), indent=1, sort_keys=True, default=str))
+  if fs.is_local(workdir):   # on an object store the lock object already says who holds it
+    fs.write_text(fs.join(workdir, OWNER_FILE), json.dumps(_owner_record()))
 
 
 def restore_metrics(workdir: str, saved: list, step: int) -> None:
@@ -223,18 +273,17 @@ def restore_metrics(workdir: str, saved: list, step: int) -> None:
   from merlin_jax.metrics import JSONL
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, JSONL)
+  path = fs.join(workdir, JSONL)
   current = []
   try:
-    with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          current.append(None)   # damaged (a torn last line is dropped by the writer anyway)
-          continue
-        if isinstance(record, dict) and record.get("step", 0) <= step and not record.get("final"):
-          current.append(record)
+    for line in fs.read_text(path).splitlines(keepends=True):
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        current.append(None)   # damaged (a torn last line is dropped by the writer anyway)
+        continue
+      if isinstance(record, dict) and record.get("step", 0) <= step and not record.get("final"):
+        current.append(record)
   except FileNotFoundError:
     current = None
   want = [json.dumps(r, sort_keys=True) for r in saved]
@@ -247,6 +296,4 @@ def restore_metrics(workdir: str, saved: list, step: int) -> None:
           "not in it)")
   logging.warning("%s was %s; rewritten from checkpoint %d (records up to step %d)", path,
                   what, step, step)
-  with open(path + ".tmp", "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in saved)
-  os.replace(path + ".tmp", path)
+  fs.write_text(path, "".join(json.dumps(r) + "\n" for r in saved))
