@@ -95,7 +95,12 @@ def large_image_pair(source: str, num_source_classes: int, target: str, num_targ
   """The recipe shared by the paper's ImageNet-scale pairs (ResNet at 224 px, streamed source).
 
   Only the datasets and the target's size differ between those pairs. arg: get_config's;
-  'local' is the smoke variant (still needs the prepared data).
+  'local' is the smoke variant (still needs the prepared data). Prepare the source as
+  array_record (`tfds build SOURCE --file_format=array_record`, or convert a tfrecord build
+  with `python -m merlin_jax.data.prepare SOURCE --file_format=array_record --data_dir=DIR`):
+  it is then read by index and a resumed run continues its exact sample order in O(1), on
+  any process count. A tfrecord source is skipped through record by record on resume, and
+  refuses a checkpoint written on another process count (merlin_jax/data/sources.py).
   """
   arg = parse_arg(arg, local=False)
   c = base_config()

@@ -3,8 +3,12 @@
   python -m merlin_jax.main --config=configs/food_cub.py --workdir=/tmp/merlin/food_cub
 
 Data, prepared once (nothing is downloaded at train time), then --config.data.data_dir=DIR:
-  tfds build food101 --data_dir=DIR
+  tfds build food101 --file_format=array_record --data_dir=DIR
   tfds build caltech_birds2011 --data_dir=DIR
+
+The source in array_record is read by index: a resumed run continues its exact sample
+order at once, on any process count. One already built as tfrecord is converted with
+`python -m merlin_jax.data.prepare food101 --file_format=array_record --data_dir=DIR`.
 
 Source: Food-101 train, streamed with tf.data (in_memory=False), inception crop + flip;
 evaluation and the target images: resize the shorter side to 256 then center-crop 224.

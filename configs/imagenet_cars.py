@@ -3,8 +3,13 @@
   python -m merlin_jax.main --config=configs/imagenet_cars.py --workdir=/tmp/merlin/imagenet_cars
 
 Data, prepared once (nothing is downloaded at train time), then --config.data.data_dir=DIR:
-  tfds build imagenet2012 --data_dir=DIR --manual_dir=IMAGENET_TARS   # ILSVRC2012 tars
+  tfds build imagenet2012 --file_format=array_record --data_dir=DIR \
+      --manual_dir=IMAGENET_TARS   # ILSVRC2012 tars
   tfds build cars196 --data_dir=DIR
+
+The source in array_record is read by index: a resumed run continues its exact sample
+order at once, on any process count. One already built as tfrecord is converted with
+`python -m merlin_jax.data.prepare imagenet2012 --file_format=array_record --data_dir=DIR`.
 
 Source: ImageNet-1k train, streamed with tf.data (in_memory=False), inception crop + flip;
 evaluation and the target images: resize the shorter side to 256 then center-crop 224.

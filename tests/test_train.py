@@ -191,3 +191,17 @@ def test_two_stage_methods_start_from_the_end_of_pretraining(tmp_path):
   scratch = tmp_path / "scratch"
   train.train_and_evaluate(fake_data.tiny_config("target_only"), str(scratch))
   assert _losses(ft)[0][1] != _losses(scratch)[0][1]
+
+
+def test_train_records_the_process_count_and_checks_it_on_resume(tmp_path, monkeypatch):
+  """Every checkpoint records the process count; a resume hands it to the source's
+  `check_resume` (a tfrecord-streamed source refuses another count: test_streamed_resume)."""
+  from merlin_jax import checkpointing
+  from merlin_jax.data.synthetic import SyntheticSource
+  train.train_and_evaluate(fake_data.tiny_config("joint", total_steps=2), str(tmp_path))
+  meta = checkpointing.step_metadata(str(tmp_path / checkpointing.CHECKPOINTS), 2)
+  assert meta["process_count"] == 1
+  seen = []
+  monkeypatch.setattr(SyntheticSource, "check_resume", seen.append, raising=False)
+  train.train_and_evaluate(fake_data.tiny_config("joint", total_steps=2), str(tmp_path))
+  assert seen == [1]

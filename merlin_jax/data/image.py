@@ -1,8 +1,9 @@
 """Image transfer data: the source stream, D_t, target_val and the eval sets, through TFDS.
 
 Images are float32 in [0, 1], [image_size, image_size, channels] (`preprocess`); the source
-is a `sources.InMemorySource` or `sources.StreamingSource`. Small eval splits are decoded
-once and held in memory, big ones streamed.
+is a `sources.InMemorySource`, or streamed (`in_memory=False`): a `sources.RandomAccessSource`
+when the dataset is stored as array_record, else a `sources.StreamingSource`. Small eval
+splits are decoded once and held in memory, big ones streamed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from merlin_jax.data import tfds_io
 from merlin_jax.data.interface import EvalSet, TransferData, take_rows
 from merlin_jax.data.preprocess import eval_image
 from merlin_jax.data.signature import add_signature
-from merlin_jax.data.sources import InMemorySource, StreamingSource
+from merlin_jax.data.sources import InMemorySource, RandomAccessSource, StreamingSource
 from merlin_jax.data.splits import class_balanced_split
 from merlin_jax.errors import ConfigError
 
@@ -172,13 +173,19 @@ def load_image_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
     else:
       if exclude_target:
         raise ConfigError("data.source.exclude_target", "needs data.source.in_memory=True")
-      source = StreamingSource(sb, src.name, data_dir, src.split, seed, image_size=size,
-                               channels=channels, augment=src.augment,
-                               shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch,
-                               process_index=process_index, process_count=process_count)
-      # Check now (one line DataError at load time rather than mid-training).
-      tfds_io.as_dataset(sb, src.name, data_dir, src.split,
-                         decoders=tfds_io.skip_decoding(sb))
+      if tfds_io.random_access(sb):   # array_record: read by index, exact O(1) resume
+        source = RandomAccessSource(sb, src.name, data_dir, src.split, seed, image_size=size,
+                                    channels=channels, augment=src.augment,
+                                    prefetch=cfg.prefetch, process_index=process_index,
+                                    process_count=process_count)
+      else:
+        source = StreamingSource(sb, src.name, data_dir, src.split, seed, image_size=size,
+                                 channels=channels, augment=src.augment,
+                                 shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch,
+                                 process_index=process_index, process_count=process_count)
+        # Check now (one line DataError at load time rather than mid-training).
+        tfds_io.as_dataset(sb, src.name, data_dir, src.split,
+                           decoders=tfds_io.skip_decoding(sb))
       if src.eval_split:
         evals["source_test"] = eval_set(sb, src.name, data_dir, src.eval_split, image_fn,
                                         image_shape)

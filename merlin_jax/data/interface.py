@@ -95,7 +95,11 @@ class SourceStream(Protocol):
   def batches(self, start_step: int, global_batch_size: int) -> Iterator[dict]:
     """Batch k is the batch of global step start_step + k: {'inputs': pytree
     [global_batch_size // process_count, ...], 'label': int32 [...]}; a pure function of
-    (seed, step), so a resumed run sees what an uninterrupted one sees."""
+    (seed, step), so a resumed run sees what an uninterrupted one sees.
+
+    A source whose order depends on the process count (sources.StreamingSource) also has
+    `check_resume(saved_process_count)`, which the training program calls before resuming
+    a checkpoint written by that many processes (it raises if it cannot continue exactly)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Every dataset is read through TFDS (`tfds.builder(name, data_dir)`): our offline builders
 (`merlin_jax.data.builders`) and the catalog sets of the paper's experiments alike. Nothing
 here downloads: a dataset that is not prepared raises a DataError naming the command.
+
+File formats: tfrecord (TFDS's default; read sequentially with tf.data) and array_record
+(random access by index: `data_source`, which the streamed source reads so that it resumes
+in O(1) on any process count, see sources.py). A dataset stored as array_record only is
+still read in order by `as_dataset` (through its data source).
 """
 
 from __future__ import annotations
@@ -110,7 +115,14 @@ def get_builder(name: str, data_dir: str = ""):
 
 
 def as_dataset(builder, name: str, data_dir: str, split: str, **kwargs):
-  """builder.as_dataset with one-line DataErrors for unprepared data / unknown splits."""
+  """builder.as_dataset with one-line DataErrors for unprepared data / unknown splits.
+
+  A dataset stored as array_record only (TFDS cannot read it with tf.data) is read in record
+  order through its data source; `shuffle_files` and `read_config` then do not apply.
+  """
+  if not tf_data_readable(builder):
+    return ordered_records(data_source(builder, name, data_dir, split)).map(
+        example_parser(builder, kwargs.get("decoders")))
   renamed = kwargs.get("decoders")
   if isinstance(renamed, _Renamed):   # other feature names: examples get 'image' / 'label'
     kwargs["decoders"] = renamed.decoding
@@ -126,6 +138,117 @@ def as_dataset(builder, name: str, data_dir: str, split: str, **kwargs):
   except (KeyError, ValueError) as e:
     raise DataError(f"dataset {name!r}: cannot read split {split!r} ({first_line(e)})"
                     ) from None
+
+
+ARRAY_RECORD = "array_record"
+
+
+def file_formats(builder) -> set[str]:
+  """The file formats `builder`'s dataset is stored in ({'tfrecord'}, {'array_record'}, both
+  after `python -m merlin_jax.data.prepare NAME --file_format=array_record`)."""
+  try:
+    return {f.value for f in builder.info.available_file_formats()}
+  except Exception:  # pylint: disable=broad-except  (no file format recorded: the default)
+    return {"tfrecord"}
+
+
+def random_access(builder) -> bool:
+  """`builder`'s dataset can be read by record index (it is stored as array_record)."""
+  return ARRAY_RECORD in file_formats(builder)
+
+
+def tf_data_readable(builder) -> bool:
+  """builder.as_dataset can read it: its main file format is not array_record."""
+  fmt = builder.info.file_format
+  return fmt is None or fmt.value != ARRAY_RECORD
+
+
+def data_source(builder, name: str, data_dir: str, split: str):
+  """The serialized tf.Examples of `split` by index (`len`, `__getitems__(indices)` -> list of
+  bytes), from its array_record files; one-line DataErrors like as_dataset."""
+  tfds = import_tfds()
+  info = builder.info
+  previous = info.file_format
+  try:
+    return builder.as_data_source(split, file_format=ARRAY_RECORD,
+                                  deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  except (NotImplementedError, FileNotFoundError, AssertionError) as e:
+    raise DataError(f"dataset {name!r} is not prepared as {ARRAY_RECORD} in "
+                    f"{data_dir or '~/tensorflow_datasets'} ({first_line(e)}): run `python -m "
+                    f"merlin_jax.data.prepare {name} --file_format={ARRAY_RECORD} "
+                    f"--data_dir={data_dir or '~/tensorflow_datasets'}` once") from None
+  except (KeyError, ValueError) as e:
+    raise DataError(f"dataset {name!r}: cannot read split {split!r} ({first_line(e)})"
+                    ) from None
+  finally:
+    # as_data_source switches the builder's info to array_record; as_dataset still reads
+    # the dataset's main format (the data source has already resolved its files).
+    if previous is not None and info.file_format != previous:
+      info.set_file_format(previous, override=True, override_if_initialized=True)
+
+
+def convert_format(builder, file_format: str) -> None:
+  """Copies every split of the prepared `builder`, record for record and in order, into
+  `file_format` files beside its own, then records that format in its dataset_info.json
+  (`python -m merlin_jax.data.prepare NAME --file_format=...`; what `tfds convert_format`
+  does in place, without its Apache Beam dependency)."""
+  import_tfds()
+  from etils import epath
+  from tensorflow_datasets.core import file_adapters
+  info = builder.info
+  src_adapter = file_adapters.ADAPTER_FOR_FORMAT[info.file_format]
+  out_format = file_adapters.FileFormat.from_value(file_format)
+  out_adapter = file_adapters.ADAPTER_FOR_FORMAT[out_format]
+  if not src_adapter.SUPPORTS_TF_DATA:
+    raise DataError(f"dataset {builder.name!r} is stored as {info.file_format.value}: "
+                    f"rebuild it with --file_format={file_format} instead")
+  for split in info.splits.values():
+    template = split.filename_template.replace(filetype_suffix=out_format.file_suffix)
+    for shard, in_path in enumerate(split.filepaths):
+      out_path = epath.Path(template.sharded_filepath(shard_index=shard,
+                                                      num_shards=split.num_shards))
+      tmp = out_path.parent / f"{out_path.name}.incomplete"
+      records = src_adapter.make_tf_data(in_path).as_numpy_iterator()
+      out_adapter.write_examples(tmp, enumerate(records))
+      tmp.replace(out_path)   # a killed conversion leaves no half-written shard
+  info.add_alternative_file_format(out_format)
+  info.write_dataset_info_json(builder.data_dir)
+
+
+def example_parser(builder, decoders=None) -> Callable:
+  """serialized tf.Example (tf.string scalar) -> the example as builder.as_dataset(
+  decoders=decoders) yields it (decoders: None, tfds.decode.PartialDecoding, skip_decoding())."""
+  tfds = import_tfds()
+  names = {}
+  if isinstance(decoders, _Renamed):
+    decoders, names = decoders.decoding, decoders.names
+  features = builder.info.features
+  if isinstance(decoders, tfds.decode.PartialDecoding):
+    features, decoders = decoders.extract_features(features), decoders.decoders
+
+  def parse(serialized):
+    ex = features.deserialize_example(serialized, decoders=decoders)
+    return {names.get(k, k): v for k, v in ex.items()} if names else ex
+
+  return parse
+
+
+def ordered_records(records, chunk: int = 256):
+  """A data source's records [0, N) in order as a tf.data.Dataset of tf.string scalars."""
+  tf = import_tf()
+  n = len(records)
+
+  def read(lo):
+    lo = int(lo)
+    return np.array(records.__getitems__(list(range(lo, min(lo + chunk, n)))), dtype=object)
+
+  def read_chunk(lo):
+    out = tf.numpy_function(read, [lo], tf.string, stateful=False)
+    out.set_shape([None])
+    return out
+
+  ds = tf.data.Dataset.range(0, n, chunk)
+  return ds.map(read_chunk, num_parallel_calls=2, deterministic=True).unbatch()
 
 
 def num_examples(builder, split: str) -> int | None:
