@@ -25,7 +25,7 @@ from absl import logging
 
 from merlin_jax import checkpointing, checks, sharding, two_stage, workdir as workdir_lib
 from merlin_jax import export as export_lib
-from merlin_jax import preemption, provenance
+from merlin_jax import fs, preemption, provenance
 from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Method
@@ -112,8 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       with workdir_lib.lock(workdir):   # one run per workdir, for the whole run
         return _train_and_evaluate(config, workdir, method)
     except UserError:
-      if created and jax.process_index() == 0 and not os.listdir(workdir):
-        os.rmdir(workdir)   # a failed start leaves no trace
+      if created and jax.process_index() == 0:
+        fs.remove_dir_if_empty(workdir)   # a failed start leaves no trace
       raise
 
 
@@ -180,6 +180,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
                                mesh=mesh, state_sharding=state_sharding)
   evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
+  if resumed_step is not None and method.uses_source and hasattr(data.source, "check_resume"):
+    # A tfrecord-streamed source resumes exactly only on the process count that wrote it.
+    data.source.check_resume(saved_meta.get("process_count"))
   source_iter = (data.source.batches(start_step, config.batch_size)
                  if method.uses_source else None)
   # Every check passed: from here on the workdir is this run's.
@@ -196,7 +199,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   def save(step, state):
     checkpointing.save(ckpt, step, state, metadata={
         "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
-        "loss_window": loss_window})
+        "loss_window": loss_window, "process_count": jax.process_count()})
 
   def evaluate_and_select(state):
     nonlocal selected
@@ -224,23 +227,49 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   # checkpoint's metadata (save above), so a resumed run logs what an uninterrupted one does.
   loss_window = list(saved_meta.get("loss_window", (0.0, 0)))
   clock = _TrainClock(config.total_steps)
+  # No per-step host round trip: a step's metrics stay on the device (their copy to the host
+  # starts at once, asynchronously) and are read at the next sync point (logging, evaluation,
+  # checkpoint, preemption, the first and last steps), so the host fetches the next batch
+  # while the device computes. `drain` checks them step by step in order: a non-finite step
+  # stops the run before anything after it is saved.
+  pending = []   # [(step, metrics on device)] since the last sync point
+
+  def drain():
+    last = None
+    for at, m in pending:
+      m = jax.device_get(m)
+      if not bool(m.pop("finite")):
+        bad = sorted(k for k, v in m.items() if not np.all(np.isfinite(v)))
+        raise NonFiniteLossError(
+            f"non-finite value at step {at} in {', '.join(bad) or 'the gradient'}; stopped "
+            f"without saving it (last good checkpoint: step {ckpt.latest_step()}, kept); "
+            "rerun with a lower optimizer.lr or inner.lr in a new --workdir (a workdir holds "
+            "one config)")
+      loss_window[0] += float(m["loss"])
+      loss_window[1] += 1
+      last = m
+    pending.clear()
+    return last
+
   for step in range(start_step, config.total_steps):
     clock.start()
     source = sharding.shard_batch(mesh, next(source_iter)) if source_iter is not None else None
     state, metrics = train_step(state, source, target_pool, anchor)
-    metrics = jax.device_get(metrics)
-    clock.stop(first=step == start_step)   # training time only: the ETA excludes eval/saves
+    for leaf in jax.tree.leaves(metrics):
+      if isinstance(leaf, jax.Array):
+        leaf.copy_to_host_async()
     done = step + 1
-    if not bool(metrics.pop("finite")):
-      bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
-      raise NonFiniteLossError(
-          f"non-finite value at step {done} in {', '.join(bad) or 'the gradient'}; stopped "
-          f"without saving it (last good checkpoint: step {ckpt.latest_step()}, kept); rerun "
-          "with a lower optimizer.lr or inner.lr in a new --workdir (a workdir holds one "
-          "config)")
-    loss_window[0] += float(metrics["loss"])
-    loss_window[1] += 1
+    pending.append((done, metrics))
     logged = done % config.log_every == 0 or done == config.total_steps
+    evaluated = done % config.eval.every == 0 or done == config.total_steps
+    saving = done % config.checkpoint_every == 0 or done == config.total_steps
+    sync = logged or evaluated or saving or step == start_step
+    stop = preemption.requested(done, sync=sync)   # collective only at sync points
+    if not (sync or stop):
+      clock.stop(first=False)                       # dispatch time; the device time lands
+      continue                                      # in the window's sync below
+    metrics = drain()
+    clock.stop(first=step == start_step)   # training time only: the ETA excludes eval/saves
     if logged or step == start_step:   # and the first step: a line early, console only
       lr = lr_at(config.optimizer, config.total_steps, step)
       loss = loss_window[0] / loss_window[1]
@@ -250,14 +279,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
       writer.write(done, dict(metrics, loss=loss, loss_last=metrics["loss"], lr=lr,
                               steps_per_sec=clock.steps_per_sec), group="train")
       loss_window = [0.0, 0]
-    if done % config.eval.every == 0 or done == config.total_steps:
+    if evaluated:
       state, m = evaluate_and_select(state)
       logging.info("step %d  target val accuracy %.4f (best %.4f at step %d)", done,
                    m["target_val_accuracy"], float(state.best_val_accuracy), int(state.best_step))
       writer.write(done, m, group="eval")
-    if done % config.checkpoint_every == 0 or done == config.total_steps:
+    if saving:
       save(done, state)
-    if preemption.requested():  # SIGTERM/SIGINT: checkpoint this step, stop (not in the handler)
+    if stop:  # SIGTERM/SIGINT: checkpoint this step, stop (not in the handler)
       if ckpt.latest_step() != done:
         save(done, state)
       logging.warning("preempted (%s) at step %d: saved checkpoint %d in %s; rerun the "

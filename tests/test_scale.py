@@ -25,13 +25,14 @@ from merlin_jax.metrics import read_jsonl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 5e-4     # reduction order differs between meshes (notes/JAX_CPU.md): not bitwise
 STEPS = 6
+PREEMPT = {"total_steps": 40, "eval.every": 40, "checkpoint_every": 40, "log_every": 10}
 BASE = {"total_steps": STEPS, "eval.every": 3, "checkpoint_every": 3, "batch_size": 16,
         "optimizer.lr": 3e-2, "inner.lr": 0.5,   # learns in 3 steps: step 3 gets selected
         "mesh.fsdp_min_size": 32}   # tiny model: shard every leaf with >= 32 elements
 
 # One subprocess: optionally join a distributed run, then do the listed runs in order.
 _SCRIPT = textwrap.dedent("""
-    import json, os, shutil, sys
+    import json, os, shutil, signal, sys, time
     sys.path.insert(0, {root!r})
     spec = json.loads({spec!r})
     import jax
@@ -46,12 +47,34 @@ _SCRIPT = textwrap.dedent("""
     from tests import fake_data
     pipeline.load_transfer_data = fake_data.load_fake
     from merlin_jax import train
+    from merlin_jax.errors import Preempted
+    make_train_step = train.make_train_step
+
+    def sigterm_at(at):  # process 1 gets SIGTERM after step `at`; later steps are slow
+      def make(*args, **kwargs):
+        step = make_train_step(*args, **kwargs)
+        def wrapped(state, *rest):
+          out = step(state, *rest)
+          if int(out[0].step) == at and jax.process_index() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+          if int(out[0].step) >= at:
+            time.sleep(0.2)   # JAX's preemption sync takes a few steps to agree
+          return out
+        return wrapped
+      return make
+
     for run in spec["runs"]:
       if run.get("copy_from") and jax.process_index() == 0:
         shutil.copytree(run["copy_from"], run["workdir"], dirs_exist_ok=True)
       if run.get("snapshot_to") is None:
         cfg = fake_data.tiny_config("merlin", **run["overrides"])
-        train.train_and_evaluate(cfg, run["workdir"])
+        train.make_train_step = (sigterm_at(run["sigterm_at"]) if "sigterm_at" in run
+                                 else make_train_step)
+        try:
+          train.train_and_evaluate(cfg, run["workdir"])
+        except Preempted as e:
+          with open(os.path.join(run["workdir"], "preempted.%d" % jax.process_index()), "w") as f:
+            f.write(str(e.step))
       elif jax.process_index() == 0:
         shutil.copytree(run["workdir"], run["snapshot_to"])
     print("DEVICES", jax.device_count(), "PROCESSES", jax.process_count())
@@ -139,14 +162,16 @@ def runs(tmp_path_factory):
   cache = str(d / "jax_cache")
   # 2 devices: a replicated run interrupted at step 3 (snapshot kept) and resumed to 6,
   # and an FSDP run. Beside it: 2 processes x 1 device (jax.distributed, gloo), FSDP across
-  # the processes, 3 steps, checkpoint, then a resume to 6 in the same processes.
+  # the processes, 3 steps, checkpoint, then a resume to 6 in the same processes; then a
+  # run whose process 1 gets SIGTERM (JAX's preemption sync point), resumed to its end.
   _wait(_start(2, [_run_spec(d / "rep2", total_steps=3),
                    {"workdir": str(d / "rep2"), "snapshot_to": str(d / "ckpt2")},
                    _run_spec(d / "rep2"),
                    _run_spec(d / "fsdp2", **{"mesh.param_sharding": "fsdp"})], cache),
         _start(2, [_run_spec(d / "dist", total_steps=3, **{"mesh.param_sharding": "fsdp"}),
-                   _run_spec(d / "dist", **{"mesh.param_sharding": "fsdp"})], cache,
-               processes=2))
+                   _run_spec(d / "dist", **{"mesh.param_sharding": "fsdp"}),
+                   dict(_run_spec(d / "sigterm", **PREEMPT), sigterm_at=2),
+                   _run_spec(d / "sigterm", **PREEMPT)], cache, processes=2))
   # 1 and 4 devices (side by side): the same runs, and the 2-device step-3 checkpoint
   # restored: evaluated as is (total_steps=3: final evaluation of the restored model), and
   # trained on to 6.
@@ -181,6 +206,16 @@ def test_two_processes_with_jax_distributed_match_single_process(runs):
   assert (runs / "dist" / "model.safetensors").exists()   # FSDP leaves gathered for export
   assert _final(runs / "dist")["target_test_accuracy"] == pytest.approx(
       _final(runs / "rep1")["target_test_accuracy"], abs=1e-6)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint(runs):
+  """JAX's preemption service owns SIGTERM with several processes: the processes agree on
+  a step (not a log_every boundary), both save it and stop; the rerun finishes the run."""
+  stops = [int((runs / "sigterm" / f"preempted.{i}").read_text()) for i in (0, 1)]
+  assert stops[0] == stops[1] and 2 < stops[0] < PREEMPT["total_steps"]
+  steps = sorted(int(s) for s in os.listdir(runs / "sigterm" / "checkpoints") if s.isdigit())
+  assert steps == [stops[0], PREEMPT["total_steps"]]
+  assert np.isfinite(_final(runs / "sigterm")["target_test_accuracy"])
 
 
 @pytest.mark.parametrize("name", ["restore1", "restore4"])
