@@ -3,8 +3,8 @@
 # JAX joins them with jax.distributed (auto-detected on TPU VMs) into one mesh.
 #
 #   launch/tpu_pod.sh --name=merlin-v4 --zone=us-central2-b --accelerator-type=v4-32 \
-#       --config=configs/food_cub.py --workdir=/mnt/my-bucket/merlin/food_cub \
-#       --data-dir=gs://my-bucket/tensorflow_datasets --gcsfuse=my-bucket \
+#       --config=configs/food_cub.py --workdir=gs://my-bucket/merlin/food_cub \
+#       --data-dir=gs://my-bucket/tensorflow_datasets \
 #       [--project=P] [--version=RUNTIME] [--steps=create,copy,setup,run] [--wait] [--delete]
 #       [--dry-run] [-- --config.seed=1 ...]
 #
@@ -24,8 +24,10 @@
 #
 # Data: TFDS reads gs:// directly (--data-dir -> --config.data.data_dir=gs://...); prepare it
 # once from any machine (`tfds build food101 --data_dir=gs://my-bucket/tensorflow_datasets`).
-# Workdir: must be one directory every worker sees (orbax writes checkpoints from all
-# hosts): --gcsfuse=BUCKET mounts gs://BUCKET at /mnt/BUCKET on every worker.
+# Workdir: one location every worker sees (orbax writes checkpoints from all hosts): a
+# gs:// URI (written directly; each worker's log is written locally to ~/merlin_logs and
+# copied to WORKDIR/logs/<host>.log every minute by launch/log_to_uri.sh), or a mounted
+# path (--gcsfuse=BUCKET mounts gs://BUCKET at /mnt/BUCKET on every worker).
 # DRY_RUN=1 or --dry-run prints the commands instead of running them.
 set -euo pipefail
 # shellcheck source=launch/common.sh
@@ -59,8 +61,8 @@ done
 need_value --name "$NAME"
 need_value --zone "$ZONE"
 [[ ",$STEPS," == *,run,* ]] && { need_value --config "$CONFIG"; need_value --workdir "$WORKDIR"; }
-[[ "$WORKDIR" == gs://* ]] && die "--workdir must be a mounted path every worker sees, e.g. " \
-  "--gcsfuse=BUCKET --workdir=/mnt/BUCKET/merlin/run (gs:// is for --data-dir)"
+[[ "$WORKDIR" == *://* && "$WORKDIR" != gs://* ]] && die "--workdir: a path every worker " \
+  "sees or a gs:// URI, not $WORKDIR"
 
 # The TPU software version of the accelerator type (Cloud TPU's "TPU software versions").
 runtime_version() {
@@ -122,14 +124,23 @@ if has_step run; then
   [[ -n "$DATA_DIR" ]] && ARGS+=("--config.data.data_dir=$DATA_DIR")
   ARGS+=("${EXTRA[@]}")
   # setsid + nohup: not a child of the SSH session, so a dropped connection (or Ctrl-C of
-  # this script) leaves the job running; stdin from /dev/null, output to the worker's log.
-  ssh_all "mkdir -p $(quote_arg "$LOGS") && cd ~/$REMOTE_DIR && setsid nohup \
+  # this script) leaves the job running; stdin from /dev/null, output to the worker's log
+  # (for a gs:// workdir through launch/log_to_uri.sh: written locally, copied every minute).
+  if [[ "$WORKDIR" == gs://* ]]; then
+    ssh_all "cd ~/$REMOTE_DIR && setsid nohup launch/log_to_uri.sh $(quote_arg "$LOGS") \
+~/venv/bin/python $(join_quoted "${ARGS[@]}") </dev/null >/dev/null 2>&1 & \
+echo started on \$(hostname)"
+  else
+    ssh_all "mkdir -p $(quote_arg "$LOGS") && cd ~/$REMOTE_DIR && setsid nohup \
 ~/venv/bin/python $(join_quoted "${ARGS[@]}") </dev/null \
 >>$(quote_arg "$LOGS")/\$(hostname).log 2>&1 & echo started on \$(hostname)"
+  fi
   SSH0=("${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}")
   printf 'The job runs detached on every worker; logs: %s/<worker host>.log\n' "$LOGS"
+  FOLLOW="$LOGS"
+  [[ "$WORKDIR" == gs://* ]] && FOLLOW="~/merlin_logs"   # gs:// copies lag up to a minute
   printf 'Follow worker 0:  %s\n' "$(join_quoted "${SSH0[@]}" --worker=0 \
-    "--command=tail -F $LOGS/*.log")"
+    "--command=tail -F $FOLLOW/*.log")"
   printf 'Stop (checkpoint, exit 75; run again to resume):  %s\n' \
     "$(join_quoted "$0" "--name=$NAME" "${WHERE[@]}" --steps=stop)"
 fi

@@ -97,6 +97,53 @@ def test_tpu_pod_prints_how_to_follow_and_stop_the_detached_job():
   assert command.startswith("pkill -TERM -f '[v]env/bin/python -m merlin_jax.main'")
 
 
+def test_tpu_pod_gs_workdir_logs_through_log_to_uri():
+  """A gs:// workdir is passed as is (orbax and merlin_jax.fs write it); each worker's log
+  is written locally and copied to WORKDIR/logs by launch/log_to_uri.sh."""
+  args = [a if not a.startswith("--workdir=") else "--workdir=gs://my-bucket/merlin/run"
+          for a in TPU_ARGS if not a.startswith("--gcsfuse")]
+  out = _dry_run("tpu_pod.sh", "--steps=run", *args)
+  ssh = [_flag(c, "command") for c in _commands(out)]
+  run = shlex.split(ssh[0].split("&&")[-1])
+  start = run.index("launch/log_to_uri.sh")
+  assert run[:start] == ["setsid", "nohup"] and run[start + 1] == "gs://my-bucket/merlin/run/logs"
+  main = run[start + 2:run.index("</dev/null")]
+  assert main[:3] == ["~/venv/bin/python", "-m", "merlin_jax.main"]
+  assert _flag(main, "workdir") == "gs://my-bucket/merlin/run"
+  assert not any("mkdir -p gs://" in s for s in ssh)
+  follow = [l for l in out.stdout.splitlines() if l.startswith("Follow")]
+  assert "--command=tail -F ~/merlin_logs/*.log" in follow[0]
+
+
+def test_log_to_uri_copies_the_log_while_the_job_runs_and_keeps_its_status(tmp_path):
+  """For real, with a stand-in `gcloud` on PATH that records its copies."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(
+      '#!/usr/bin/env bash\n[[ "$1 $2" == "storage cp" ]] || exit 1\n'
+      'cp "$4" "$GCLOUD_FAKE_DIR/$(basename "$5")"\necho "$5" >> "$GCLOUD_FAKE_DIR/calls"\n')
+  (bin_dir / "gcloud").chmod(0o755)
+  fake = tmp_path / "bucket"
+  fake.mkdir()
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path),
+             GCLOUD_FAKE_DIR=str(fake), MERLIN_LOG_SYNC_S="0.2")
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "log_to_uri.sh"),
+                        "gs://b/run/logs", "bash", "-c", "echo one; sleep 1; echo two; exit 7"],
+                       env=env, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 7, out.stderr
+  host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+  calls = (fake / "calls").read_text().split()
+  assert len(calls) >= 3 and set(calls) == {f"gs://b/run/logs/{host}.log"}  # while + at end
+  assert (fake / f"{host}.log").read_text() == "one\ntwo\n"
+  assert (tmp_path / "merlin_logs" / f"{host}.log").read_text() == "one\ntwo\n"
+  # A local LOGDIR: the log goes straight there.
+  local = tmp_path / "logs"
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "log_to_uri.sh"), str(local),
+                        "bash", "-c", "echo hi"], env=env, capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 0 and (local / f"{host}.log").read_text() == "hi\n"
+
+
 @pytest.mark.parametrize("accelerator,version", [
     ("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
     ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e"), ("v3-8", "tpu-ubuntu2204-base")])
@@ -119,7 +166,7 @@ def test_tpu_pod_steps_delete_and_bad_workdir():
   # The job runs detached: --delete first waits until it has ended on every worker.
   assert [c[4] for c in cmds] == ["ssh", "ssh", "delete"]
   assert _flag(cmds[1], "command").startswith("while pgrep -f '[v]env/bin/python")
-  bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=gs://b/w")
+  bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=s3://b/w")
   assert bad.returncode == 2 and "--workdir" in bad.stderr
   missing = _dry_run("tpu_pod.sh", "--zone=z", "--config=c.py", "--workdir=/w")
   assert missing.returncode == 2 and "--name" in missing.stderr
