@@ -168,3 +168,20 @@ def test_target_size_sweep_reports_paired_gains_and_costs(tmp_path):
   target_size_lib.plot(records, str(tmp_path / "plot.png"))
   assert (tmp_path / "plot.png").stat().st_size > 1000
   assert "| synthetic | 30 | merlin_ft |" in target_size_lib.markdown(records)
+
+
+def test_target_size_grid_settings_are_clipped_to_fit_n():
+  """The suite grid's meta split (150 + 50) does not fit n = 50: clipped like the config's
+  (to n / 2 each); a setting that then equals the config's is dropped (the default run)."""
+  from merlin_jax.config_base import load_config
+  from merlin_jax.experiments import selection, target_size_lib
+  grids = selection.parse_grid(["merlin:split.train_size=150;split.val_size=50",
+                                "merlin:rho=0.3"])
+  base = load_config(os.path.join(ROOT, "configs", "digits.py"))
+  small = target_size_lib.sized(base, 50, None)
+  assert target_size_lib.fitted_grids(grids, small)["merlin"] == [{"rho": 0.3}]
+  large = target_size_lib.sized(base, 800, None)
+  assert target_size_lib.fitted_grids(grids, large) == grids
+  mid = target_size_lib.sized(base, 160, None)   # 80 / 80 by default: 80 / 50 differs
+  assert target_size_lib.fitted_grids(grids, mid)["merlin"][0] == {
+      "split.train_size": 80, "split.val_size": 50}

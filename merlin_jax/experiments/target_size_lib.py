@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from merlin_jax.config_base import load_config
+from merlin_jax.config_base import get_key, load_config
 from merlin_jax.experiments import selection, suite_lib
 from merlin_jax.metrics import JSONL, read_jsonl
 
@@ -40,6 +40,22 @@ def sized(config, num_train: int, num_val: int | None):
   c.split.val_size = min(c.split.val_size, half)
   c.target_batch_size = min(c.target_batch_size, num_train)
   return c
+
+
+def fitted_grids(grids: dict[str, list[dict]], config) -> dict[str, list[dict]]:
+  """The grids at this n: split sizes clipped to n / 2 as `sized` clips the config's; a
+  setting that then equals the config (the default run) or an earlier one is dropped."""
+  half = max(config.data.target.num_train // 2, 1)
+  out = {}
+  for method, settings in grids.items():
+    kept = []
+    for setting in settings:
+      setting = {k: min(v, half) if k in ("split.train_size", "split.val_size") else v
+                 for k, v in setting.items()}
+      if setting not in kept and any(get_key(config, k) != v for k, v in setting.items()):
+        kept.append(setting)
+    out[method] = kept
+  return out
 
 
 def _final(root: str, method: str, setting: str, seed: int) -> dict:
@@ -82,7 +98,8 @@ def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num
     pretrain_root = os.path.join(root, name)
     for n in sizes:
       size_root = os.path.join(root, name, f"n{n}")
-      rows = selection.compare(sized(base, n, num_val), size_root, methods, seeds, grids,
+      config = sized(base, n, num_val)
+      rows = selection.compare(config, size_root, methods, seeds, fitted_grids(grids, config),
                                tune_seeds, pretrain_root=pretrain_root)
       gain = gains(rows)
       for r in rows:
