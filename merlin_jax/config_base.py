@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.inner.step_size = "normalized"
   c.inner.first_order = False
   c.inner.remat = True         # jax.checkpoint on the scan body
+  # gd: auto | primal | dual (inner.gd_form): the same steps; 'auto' runs the dual (an
+  # N_tr x N_tr Gram matrix) when N_tr <= feature dim, ~5x cheaper per step at 100 x 256.
+  c.inner.gd_form = "auto"
   c.inner.init = "zeros"       # zeros | random
   c.inner.weight_decay = 0.0
   c.inner.ridge_lambda = 1.0

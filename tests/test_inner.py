@@ -78,14 +78,15 @@ def _meta_loss_python_loop(cfg, phi, d, key):
   return -jnp.mean(logp[jnp.arange(f_val.shape[0]), d["y_val"]])
 
 
+@pytest.mark.parametrize("form", ["primal", "dual"])
 @pytest.mark.parametrize("init,weight_decay,remat,steps,step_size", [
     ("zeros", 0.0, True, 7, "fixed"),
     ("random", 0.05, False, 6, "normalized"),
 ])
 def test_gd_meta_gradient_matches_unrolled_loop_and_finite_differences(
-    float64, init, weight_decay, remat, steps, step_size):
+    float64, init, weight_decay, remat, steps, step_size, form):
   d = _data()
-  cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.7, init=init,
+  cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.7, init=init, gd_form=form,
                           weight_decay=weight_decay, remat=remat, step_size=step_size)
   key = jax.random.key(3)
   phi = jnp.asarray(d["phi"])
@@ -270,6 +271,85 @@ def test_ridge_meta_gradient_matches_finite_differences(float64, n_tr, dim):
     np.testing.assert_allclose(g, g_fd, rtol=1e-6, atol=1e-9)
 
 
+def _fit_head_autodiff_scan(features, labels, head0, steps, lr, weight_decay, remat, step_size):
+  """fit_head_gd as it was before the closed-form gradient and the dual form: a scan of
+  jax.value_and_grad(head_train_loss) steps (the reference for both forms)."""
+  grad_fn = jax.value_and_grad(inner.head_train_loss)
+  if step_size == "normalized":
+    lr = lr / inner.curvature_bound(features, weight_decay)
+
+  def step(head, _):
+    loss, g = grad_fn(head, features, labels, weight_decay)
+    return jax.tree.map(lambda p, q: p - lr * q, head, g), loss
+
+  return jax.lax.scan(jax.checkpoint(step) if remat else step, head0, None, length=steps)
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+@pytest.mark.parametrize("n_tr,dim,init,weight_decay,step_size,remat", [
+    (9, D, "zeros", 0.0, "fixed", True),         # N > D: 'auto' would run the primal
+    (6, 8, "random", 0.1, "normalized", False),  # N < D: 'auto' would run the dual
+    (6, 8, "random", 0.0, "fixed", True),
+])
+def test_gd_forms_match_the_autodiff_scan(float64, form, n_tr, dim, init, weight_decay,
+                                          step_size, remat):
+  """Both forms: the same head, trajectory and meta-gradient (in the train and the val
+  features) as autodiff of the loss inside a scan, to float64 rounding."""
+  d = _data(seed=7, n_tr=n_tr, d=dim)
+  steps, lr = 12, 0.6
+  f_tr, f_val = np.tanh(d["x_tr"] @ d["phi"]), np.tanh(d["x_val"] @ d["phi"])
+  head0 = init_head(jax.random.key(5), dim, K, init, jnp.float64)
+
+  def run(fit, ft, fv):
+    head, traj = fit(ft, d["y_tr"], head0, steps, lr, weight_decay, remat, step_size)
+    logp = jax.nn.log_softmax(apply_head(head, fv))
+    return -jnp.mean(logp[jnp.arange(N_VAL), d["y_val"]]), (head, traj)
+
+  ours = lambda ft, y, h0, n, eta, wd, rm, ss: inner.fit_head_gd(
+      ft, y, h0, n, eta, wd, rm, return_trajectory=True, step_size=ss, form=form)
+  results = []
+  for fit in (ours, _fit_head_autodiff_scan):
+    fn = jax.jit(jax.value_and_grad(lambda ft, fv, fit=fit: run(fit, ft, fv), argnums=(0, 1),
+                                    has_aux=True))
+    results.append(fn(jnp.asarray(f_tr), jnp.asarray(f_val)))
+  ((v, (head, traj)), grads), ((v_ref, (head_ref, traj_ref)), grads_ref) = results
+  np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+  np.testing.assert_allclose(traj, traj_ref, rtol=1e-12)
+  for key in ("w", "b"):
+    np.testing.assert_allclose(head[key], head_ref[key], rtol=1e-10, atol=1e-13)
+  for g, g_ref in zip(grads, grads_ref):
+    assert np.abs(np.asarray(g_ref)).max() > 1e-3
+    np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-13)
+
+
+def test_gd_form_auto_picks_the_smaller_matmul():
+  assert inner.gd_form(100, 256) == "dual"        # MeRLin's split on 256-d features
+  assert inner.gd_form(256, 256) == "dual"
+  assert inner.gd_form(1000, 256) == "primal"     # e.g. the probe on a large pool
+  assert inner.gd_form(100, 256, "primal") == "primal"
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_gd_remat_memory_grows_only_by_the_carry(form):
+  """XLA's estimate of the meta-gradient's working memory, at n and n + 200 inner steps:
+  with remat the backward pass keeps one carry per step (the head [D, K] + [K] in the
+  primal, A [K, N] + b [K] + s^k in the dual) and nothing else, so it grows by at most
+  that per step; without remat it keeps more."""
+  n_tr, dim, k, extra = 40, 64, 10, 200
+  f = jnp.zeros((n_tr, dim), jnp.float32)
+  y = jnp.zeros((n_tr,), jnp.int32)
+
+  def temp_bytes(steps, remat):
+    cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.1, remat=remat, gd_form=form)
+    meta = lambda f: inner.meta_target_loss(cfg, f, y, f, y, k, None)[0]
+    return jax.jit(jax.grad(meta)).lower(f).compile().memory_analysis().temp_size_in_bytes
+
+  carry = 4 * ((dim * k + k) if form == "primal" else (k * n_tr + k + 1))
+  growth = temp_bytes(50 + extra, True) - temp_bytes(50, True)
+  assert growth <= extra * carry * 1.05 + 4096
+  assert temp_bytes(50 + extra, False) - temp_bytes(50, False) > 1.2 * growth
+
+
 # ---------------------------------------------------------------------------------------
 # remat and first_order.
 
@@ -390,6 +470,7 @@ def test_inner_config_from_base_config():
     (dict(lr=-0.1), "inner.lr"),
     (dict(init="ones"), "inner.init"),
     (dict(step_size="adaptive"), "inner.step_size"),
+    (dict(gd_form="kernel"), "inner.gd_form"),
     (dict(ridge_lambda=0.0), "inner.ridge_lambda"),
     (dict(weight_decay=-1.0), "inner.weight_decay"),
     (dict(stepz=3), "inner.stepz"),
