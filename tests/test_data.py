@@ -109,13 +109,18 @@ def _write_idx(path, array):
     f.write(header + array.tobytes())
 
 
-def test_fashion_mnist_local_from_idx(tmp_path):
+def write_fashion_idx(manual) -> None:
+  """A tiny Fashion-MNIST manual dir (30 train, 20 test images; label i % 10) in `manual`."""
   rng = np.random.default_rng(0)
-  manual = tmp_path / "fashion"
   manual.mkdir()
   for prefix, n in (("train", 30), ("t10k", 20)):
     _write_idx(manual / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
     _write_idx(manual / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+def test_fashion_mnist_local_from_idx(tmp_path):
+  manual = tmp_path / "fashion"
+  write_fashion_idx(manual)
   data_dir = str(tmp_path / "tfds")
   prepare.prepare("fashion_mnist_local", str(manual), data_dir)
   images, labels = read_split("fashion_mnist_local", data_dir, "train")

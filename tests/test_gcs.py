@@ -112,13 +112,8 @@ def _uri(name: str) -> str:
 def sub_env(emulator, tmp_path_factory):
   """Subprocess env: the emulator's, 1 CPU device, no TensorBoard, a compilation cache
   shared by the runs (compiled once)."""
-  cache = tmp_path_factory.mktemp("jax_cache")
-  return dict(os.environ, **emulator, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
-              XLA_FLAGS="--xla_force_host_platform_device_count=1",
-              JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-              TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+  from tests.test_reliability import subprocess_env
+  return subprocess_env(tmp_path_factory.mktemp("jax_cache"), **emulator)
 
 
 @pytest.fixture(scope="module")

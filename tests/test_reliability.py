@@ -46,8 +46,13 @@ def _flags(**overrides):
 def env(tmp_path_factory):
   """Subprocess env: 1 CPU device, no TensorBoard (skips TF's import), and a compilation
   cache shared by the subprocesses (compiled once; results are the same executables)."""
-  cache = tmp_path_factory.mktemp("jax_cache")
-  return dict(os.environ, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
+  return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
+
+
+def subprocess_env(cache, **extra):
+  """The environment of a CLI subprocess: 1 CPU device, no TensorBoard, the persistent
+  compilation cache in `cache` (shared by the subprocesses), plus `extra`."""
+  return dict(os.environ, **extra, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
               XLA_FLAGS="--xla_force_host_platform_device_count=1",
               JAX_COMPILATION_CACHE_DIR=str(cache),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -186,13 +186,9 @@ def test_prepare_names_the_tfds_build_command_for_an_unprepared_catalog_dataset(
 def test_prepare_builds_an_offline_builder_as_array_record(tmp_path):
   """A builder prepared straight into array_record (no tfrecord files): still read in record
   order (here its labels) by `tfds_io.as_dataset`, through its data source."""
-  from tests.test_data import _write_idx
-  rng = np.random.default_rng(0)
+  from tests.test_data import write_fashion_idx
   manual = tmp_path / "fashion"
-  manual.mkdir()
-  for prefix, n in (("train", 30), ("t10k", 20)):
-    _write_idx(manual / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-    _write_idx(manual / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+  write_fashion_idx(manual)
   d = str(tmp_path / "tfds")
   prepare.prepare("fashion_mnist_local", str(manual), d, file_format="array_record")
   builder = tfds_io.get_builder("fashion_mnist_local", d)
