@@ -173,8 +173,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
     saved_meta = checkpointing.step_metadata(os.fspath(ckpt.directory), resumed_step)
     if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
       raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
-                        f"from those the run in {workdir} started from (its L2-SP anchor); "
-                        "point it at the same weights, or use a new --workdir")
+                        f"from those the run in {workdir} started from (its {method.name} "
+                        "anchor); point it at the same weights, or use a new --workdir")
     _, selected = checkpointing.restore_latest(best_mngr, selected, step=int(state.best_step))
 
   train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
