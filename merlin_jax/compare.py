@@ -69,6 +69,9 @@ def main(argv):
     tune = [int(s) for s in _TUNE_SEEDS.value] or None
     rows = selection.compare(_CONFIG.value, _WORKDIR.value, _METHODS.value, seeds,
                              selection.parse_grid(_GRID.value), tune)
+  except errors.Preempted as e:
+    print(f"merlin_jax.compare: {e}", file=sys.stderr)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
   except errors.UserError as e:
     _fail(e)
   table = selection.markdown_table(rows)

@@ -25,11 +25,20 @@ class NonFiniteLossError(RuntimeError):
   """A loss or gradient became NaN/inf; training stopped without saving the bad state."""
 
 
+PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: rerun the same command to resume
+
+
 class Preempted(Exception):
   """SIGTERM (a preemption notice) arrived: a checkpoint of `step` was saved, then training
-  stopped. Rerunning the same command resumes from it; `main` exits with PREEMPTED_EXIT_CODE."""
+  stopped. Rerunning the same command resumes from it; the command lines exit with
+  PREEMPTED_EXIT_CODE. step=None: a driver of several runs (compare, the suite) stopped
+  before starting the run in `directory`, the signal having come during the previous one."""
 
-  def __init__(self, step: int, directory: str):
+  def __init__(self, step: int | None, directory: str):
     self.step, self.directory = step, directory
-    super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; rerun the "
-                     "same command to resume")
+    if step is None:
+      super().__init__(f"stopped before the run in {directory} (a stop was requested during "
+                       "the previous run, which finished); rerun the same command to go on")
+    else:
+      super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; rerun "
+                       "the same command to resume")

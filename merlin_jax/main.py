@@ -22,6 +22,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from merlin_jax import errors
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally `file.py:arg`.",
     lock_config=True)
@@ -43,7 +45,7 @@ _DIST_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
 
 BAD_INPUT_EXIT_CODE = 2
 NON_FINITE_EXIT_CODE = 3
-PREEMPTED_EXIT_CODE = 75
+PREEMPTED_EXIT_CODE = errors.PREEMPTED_EXIT_CODE
 INTERRUPTED_EXIT_CODE = 130   # 128 + SIGINT, as a shell reports it
 
 
@@ -102,7 +104,7 @@ def main(argv):
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
-  from merlin_jax import errors, train  # after flag parsing: fast --help
+  from merlin_jax import train  # after flag parsing: fast --help
   from merlin_jax import distributed
   try:
     distributed.initialize(distributed.Settings.from_env(

@@ -69,6 +69,11 @@ def handle_signals():
       _signum = None
 
 
+def is_requested() -> bool:
+  """This process got the signal (no cross-process gather: for decisions between runs)."""
+  return _requested.is_set()
+
+
 def request() -> None:
   """What the handler does (tests / programmatic stops)."""
   _requested.set()

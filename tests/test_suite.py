@@ -37,7 +37,8 @@ def test_grid_runs_on_tune_seeds_and_the_choice_on_all_seeds(tmp_path, monkeypat
   val = {"default": 0.5, "rho=3": 0.9, "rho=0.3": 0.9}   # tie: the earlier candidate wins
   test = {"default": 0.99, "rho=3": 0.1, "rho=0.3": 0.2}  # would flip the choice if used
 
-  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None):
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None,
+                   run_missing=True):
     name = selection._setting_name(setting)
     calls.append((name, seed))
     return {"best_target_val_accuracy": val[name], "target_test_accuracy": test[name] + seed}
@@ -98,7 +99,8 @@ def test_two_stage_methods_share_one_pretrain_run_per_seed(tmp_path, monkeypatch
     pretrains.append((config.seed, config.method, os.path.relpath(pre_workdir, tmp_path)))
     return os.path.join(pre_workdir, "model.safetensors")
 
-  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None):
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None,
+                   run_missing=True):
     starts.append((method, seed, pretrained_path and os.path.relpath(pretrained_path, tmp_path)))
     return {"best_target_val_accuracy": 0.5, "target_test_accuracy": 0.5}
 
@@ -118,6 +120,33 @@ def test_two_stage_methods_share_one_pretrain_run_per_seed(tmp_path, monkeypatch
   assert pretrains == [] and starts == [("finetune", 0, None)]
 
 
+def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkeypatch):
+  """A SIGTERM that lands while a run drains its last window lets that run finish (its
+  step loop has ended); compare then starts no other run and raises Preempted, and the
+  same call again reads the finished run back and goes on (fake trainer)."""
+  from merlin_jax import errors, preemption, train
+  started = []
+
+  def fake_train(config, workdir):
+    started.append(os.path.relpath(workdir, tmp_path))
+    os.makedirs(workdir)
+    record = {"final": True, "best_target_val_accuracy": 0.5, "target_test_accuracy": 0.5}
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps(record) + "\n")
+    if len(started) == 1:
+      preemption.request()   # what the handler does
+    return record
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  base = load_config(SYNTHETIC)
+  with pytest.raises(errors.Preempted, match="stopped before the run in .*seed_1") as e:
+    selection.compare(base, str(tmp_path), ["joint"], [0, 1], {})
+  assert e.value.step is None and started == ["joint/default/seed_0"]
+  assert not preemption.is_requested()   # cleared when the outermost block ends
+  (row,) = selection.compare(base, str(tmp_path), ["joint"], [0, 1], {})
+  assert started == ["joint/default/seed_0", "joint/default/seed_1"] and row["seeds"] == [0, 1]
+
+
 def test_libraries_define_no_flags_and_the_clis_parse_theirs():
   import subprocess
   import sys
@@ -131,7 +160,7 @@ def test_libraries_define_no_flags_and_the_clis_parse_theirs():
   assert out.stdout.strip() == "[]"
   for module, flag in [("merlin_jax.compare", "--grid"), ("merlin_jax.experiments.suite",
                                                           "--pairs"),
-                       ("merlin_jax.experiments.target_size", "--sizes")]:
+                       ("merlin_jax.experiments.target_size", "--[no]finished_only")]:
     out = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
                          text=True, env=env, cwd=ROOT)
     assert flag in out.stdout, out.stderr[-2000:]   # (absl's help exits with status 1)
@@ -168,6 +197,16 @@ def test_target_size_sweep_reports_paired_gains_and_costs(tmp_path):
   target_size_lib.plot(records, str(tmp_path / "plot.png"))
   assert (tmp_path / "plot.png").stat().st_size > 1000
   assert "| synthetic | 30 | merlin_ft |" in target_size_lib.markdown(records)
+  # A look at a partial sweep trains nothing: the finished cells come back as they were, an
+  # unrun size (20) and a cell with one unfinished run (12, seed 1 of merlin_ft) are named.
+  (tmp_path / "synthetic" / "n12" / "merlin_ft" / "default" / "seed_1" / "metrics.jsonl"
+   ).write_text("")
+  missing = []
+  partial = target_size_lib.sweep([pair], [12, 20, 30], ["finetune", "merlin_ft"], [0, 1], 3,
+                                  3, [], str(tmp_path), missing=missing)
+  assert missing == [("synthetic", 12), ("synthetic", 20)]
+  assert partial == [r for r in records if r["num_train"] == 30]
+  assert not (tmp_path / "synthetic" / "n20").exists()
 
 
 def test_target_size_grid_settings_are_clipped_to_fit_n():

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from merlin_jax import errors, preemption
 from merlin_jax.config_base import get_key, override
 from merlin_jax.metrics import JSONL, read_jsonl
 
@@ -72,15 +73,30 @@ def candidates(base, settings: Sequence[dict]) -> dict[str, dict]:
   return out
 
 
-def run_one(base, method: str, seed: int, setting: dict, workdir: str,
-            pretrained_path: str | None = None) -> dict:
-  """One run of `method` with `setting`'s dotted keys; its final metrics record."""
-  from merlin_jax import train
+class NotFinished(Exception):
+  """A run that `compare(..., run_missing=False)` needed has not finished (its workdir)."""
+
+
+def finished(workdir: str) -> dict | None:
+  """The final metrics record of the run in workdir, or None if it has not finished."""
   path = os.path.join(workdir, JSONL)
-  if os.path.exists(path):
-    records = read_jsonl(path)
-    if records and records[-1].get("final"):
-      return records[-1]
+  records = read_jsonl(path) if os.path.exists(path) else []
+  return records[-1] if records and records[-1].get("final") else None
+
+
+def run_one(base, method: str, seed: int, setting: dict, workdir: str,
+            pretrained_path: str | None = None, run_missing: bool = True) -> dict:
+  """One run of `method` with `setting`'s dotted keys; its final metrics record. A finished
+  run is read back; an unfinished one is trained, or with run_missing=False raises
+  NotFinished."""
+  from merlin_jax import train
+  record = finished(workdir)
+  if record is not None:
+    return record
+  if not run_missing:
+    raise NotFinished(workdir)
+  if preemption.is_requested():   # came during the last window of the previous run
+    raise errors.Preempted(None, workdir)
   config = copy.deepcopy(base)
   with config.unlocked():
     config.method = method
@@ -91,22 +107,29 @@ def run_one(base, method: str, seed: int, setting: dict, workdir: str,
   return train.train_and_evaluate(config, workdir)
 
 
-def pretrained_start(base, root: str, seed: int) -> str | None:
+def pretrained_start(base, root: str, seed: int, run_missing: bool = True) -> str | None:
   """Where seed's two-stage runs start: None (the config's own pretrained.path), or the
-  export of the shared pretrain run ROOT/pretrain/default/seed_<s> (run if not finished)."""
+  export of the shared pretrain run ROOT/pretrain/default/seed_<s> (run if not finished,
+  or with run_missing=False, NotFinished)."""
   if base.pretrained.path:
     return None
   from merlin_jax import two_stage
   config = copy.deepcopy(base)
   config.seed = seed
-  return two_stage.run_pretrain(
-      config, os.path.join(root, two_stage.PRETRAIN_DIR, "default", f"seed_{seed}"))
+  pre_workdir = os.path.join(root, two_stage.PRETRAIN_DIR, "default", f"seed_{seed}")
+  if finished(pre_workdir) is None:
+    if not run_missing:
+      raise NotFinished(pre_workdir)
+    if preemption.is_requested():
+      raise errors.Preempted(None, pre_workdir)
+  return two_stage.run_pretrain(config, pre_workdir)
 
 
 def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
             grids: dict[str, list[dict]], tune_seeds: Sequence[int] | None = None,
-            pretrain_root: str | None = None) -> list[dict]:
+            pretrain_root: str | None = None, run_missing: bool = True) -> list[dict]:
   """Runs everything; returns one row per method with the selected setting's results.
+  With run_missing=False nothing trains: a run that has not finished raises NotFinished.
 
   Every candidate setting runs on `tune_seeds` (default: all of `seeds`); the one with the
   best mean target-validation accuracy there (ties: the earlier candidate, the config's own
@@ -114,6 +137,11 @@ def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
   shared pretrain runs: several compares that differ only on the target side can share
   them (pre-training reads only the source; a finished run is read back).
   """
+  with preemption.handle_signals():   # one stop flag for all the runs: none starts after it
+    return _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing)
+
+
+def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing):
   tune_seeds = list(seeds) if tune_seeds is None else list(tune_seeds)
   from merlin_jax.methods import get_method
   rows = []
@@ -122,12 +150,13 @@ def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
     if get_method(method).needs_pretrained:
       for seed in seeds:
         if seed not in starts:
-          starts[seed] = pretrained_start(base, pretrain_root or root, seed)
+          starts[seed] = pretrained_start(base, pretrain_root or root, seed, run_missing)
     cands = candidates(base, grids.get(method, []))
 
     def run(name, seed, method=method, cands=cands):
       return run_one(base, method, seed, cands[name],
-                     os.path.join(root, method, name, f"seed_{seed}"), starts.get(seed))
+                     os.path.join(root, method, name, f"seed_{seed}"), starts.get(seed),
+                     run_missing)
 
     grid = {}  # name -> mean target val accuracy over tune_seeds (one candidate: no tuning)
     if len(cands) > 1:

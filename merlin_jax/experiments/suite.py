@@ -40,14 +40,18 @@ _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to
 
 def main(argv):
   del argv
-  from merlin_jax import errors
+  from merlin_jax import errors, preemption
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
   try:
-    text = suite_lib.run_suite(
-        _PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
-        _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value, _PLOTS.value,
-        [int(s) for s in _TUNE_SEEDS.value] or None)
+    with preemption.handle_signals():   # a stop ends the suite after the current run
+      text = suite_lib.run_suite(
+          _PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
+          _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value, _PLOTS.value,
+          [int(s) for s in _TUNE_SEEDS.value] or None)
+  except errors.Preempted as e:
+    print(f"merlin_jax.experiments.suite: {e}", file=sys.stderr)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
   except errors.UserError as e:
     print(f"merlin_jax.experiments.suite: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -25,6 +25,7 @@ from merlin_jax.metrics import JSONL, read_jsonl
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
 # One value at a time around each config (ours): the paper gives none of these values.
+WALL_MINUTES = "wall_minutes.json"
 DEFAULT_GRID = [
     "joint:alpha=0.3,0.7",
     "l2sp:alpha=0.05,5", "l2sp:beta=0.1",
@@ -136,15 +137,20 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
                 sections, total_minutes)
 
 
+def wall_minutes(pair_root: str) -> float:
+  """The running total of `add_wall_minutes` (0 if none yet)."""
+  path = os.path.join(pair_root, WALL_MINUTES)
+  if not os.path.exists(path):
+    return 0.0
+  with open(path) as f:
+    return json.load(f)["minutes"]
+
+
 def add_wall_minutes(pair_root: str, minutes: float) -> float:
   """Adds this invocation's minutes to the pair's running total (a resumed suite counts
   the time of every invocation, not only the last one); returns the total."""
-  path = os.path.join(pair_root, "wall_minutes.json")
-  total = minutes
-  if os.path.exists(path):
-    with open(path) as f:
-      total += json.load(f)["minutes"]
-  with open(path, "w") as f:
+  total = minutes + wall_minutes(pair_root)
+  with open(os.path.join(pair_root, WALL_MINUTES), "w") as f:
     json.dump({"minutes": total}, f)
   return total
 

@@ -10,16 +10,20 @@ chosen on target validation over the tuning seeds). Writes the table
 (test accuracy, paired gain over fine-tuning, wall time and steps to the selected model)
 and a plot of the gain against n (error bars: std over seeds) into the WORKSPACE file
 between `<!-- target_size:begin -->` and `<!-- target_size:end -->`. Resumable: a rerun
-reuses finished runs. See merlin_jax/experiments/target_size_lib.py.
+reuses finished runs; SIGTERM stops it after saving the current run (exit 75), and
+`--finished_only` tables what has finished without training anything (a look at a running
+or partial sweep). See merlin_jax/experiments/target_size_lib.py.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from absl import app, flags
 
+from merlin_jax import errors, preemption
 from merlin_jax.experiments import suite_lib, target_size_lib
 from merlin_jax.metrics import quiet_library_logs
 
@@ -38,6 +42,9 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluati
 _GRID = flags.DEFINE_multi_string("grid", suite_lib.DEFAULT_GRID,
                                   "method:key=v1,v2[;key2=...], chosen on target validation.")
 _TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on (empty: all).")
+_FINISHED_ONLY = flags.DEFINE_bool(
+    "finished_only", False, "Train nothing: report the (pair, n) cells whose runs have all "
+    "finished and name the others (a look at a running or partial sweep).")
 _WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the section into.")
 _PLOT = flags.DEFINE_string("plot", "docs/target_size.png", "Plot path (beside the workspace).")
 
@@ -46,12 +53,29 @@ def main(argv):
   del argv
   quiet_library_logs()
   t = time.time()
-  records = target_size_lib.sweep(
-      _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
-      [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
-      _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None)
-  minutes = suite_lib.add_wall_minutes(_WORKDIR.value, (time.time() - t) / 60)
+  missing = [] if _FINISHED_ONLY.value else None
+  try:
+    with preemption.handle_signals():   # a stop ends the sweep after the current run
+      records = target_size_lib.sweep(
+          _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
+          [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
+          _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None,
+          missing)
+    if not records:
+      raise errors.UserError(f"no (pair, n) cell in {_WORKDIR.value} has finished; run the "
+                             "same command without --finished_only")
+  except errors.Preempted as e:
+    print(f"merlin_jax.experiments.target_size: {e}", file=sys.stderr)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
+  except errors.UserError as e:
+    print(f"merlin_jax.experiments.target_size: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  minutes = (suite_lib.wall_minutes(_WORKDIR.value) if missing is not None else
+             suite_lib.add_wall_minutes(_WORKDIR.value, (time.time() - t) / 60))
   table = target_size_lib.markdown(records)
+  if missing:
+    table += ("\n\nNot run (unfinished runs; the same command without --finished_only runs "
+              "them): " + ", ".join(f"{pair} n = {n}" for pair, n in missing) + ".")
   print(table)
   if _WORKSPACE.value:
     plot = os.path.join(os.path.dirname(os.path.abspath(_WORKSPACE.value)), _PLOT.value)

@@ -85,8 +85,12 @@ def gains(rows: list[dict]) -> dict[str, tuple[float, float]]:
 
 
 def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num_val=None,
-          tune_seeds=None) -> list[dict]:
-  """Runs every pair x size; one record per (pair, size, method)."""
+          tune_seeds=None, missing=None) -> list[dict]:
+  """Runs every pair x size; one record per (pair, size, method).
+
+  With a list as `missing`, nothing trains: a (pair, n) cell with an unfinished run is left
+  out of the records and its (pair, n) appended to `missing` (a look at a partial sweep).
+  """
   from merlin_jax.methods import get_method
   if BASELINE not in methods:
     raise ValueError(f"the gains are over {BASELINE}: include it in the methods")
@@ -99,8 +103,13 @@ def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num
     for n in sizes:
       size_root = os.path.join(root, name, f"n{n}")
       config = sized(base, n, num_val)
-      rows = selection.compare(config, size_root, methods, seeds, fitted_grids(grids, config),
-                               tune_seeds, pretrain_root=pretrain_root)
+      try:
+        rows = selection.compare(config, size_root, methods, seeds,
+                                 fitted_grids(grids, config), tune_seeds,
+                                 pretrain_root=pretrain_root, run_missing=missing is None)
+      except selection.NotFinished:
+        missing.append((name, n))
+        continue
       gain = gains(rows)
       for r in rows:
         cost = run_cost(size_root, pretrain_root, r, get_method(r["method"]).needs_pretrained)
