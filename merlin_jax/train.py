@@ -33,6 +33,8 @@ from merlin_jax.metrics import JSONL, MetricWriter, read_jsonl
 from merlin_jax.models import init_head, make_backbone
 from merlin_jax.optim import lr_at, make_optimizer
 
+MAX_IN_FLIGHT = 2   # steps the host may dispatch ahead of the device (see the train loop)
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -231,7 +233,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   # starts at once, asynchronously) and are read at the next sync point (logging, evaluation,
   # checkpoint, preemption, the first and last steps), so the host fetches the next batch
   # while the device computes. `drain` checks them step by step in order: a non-finite step
-  # stops the run before anything after it is saved.
+  # stops the run before anything after it is saved. The host runs at most MAX_IN_FLIGHT
+  # steps ahead of the device (it waits for step t-2's metrics before dispatching more), so
+  # a stop lands within about two steps, not at the end of a window the host has already
+  # queued (a preemption's grace period is ~30 s).
   pending = []   # [(step, metrics on device)] since the last sync point
 
   def drain():
@@ -260,6 +265,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
         leaf.copy_to_host_async()
     done = step + 1
     pending.append((done, metrics))
+    if len(pending) > MAX_IN_FLIGHT:   # a wait on the device, no transfer: overlap is kept
+      jax.block_until_ready(pending[-1 - MAX_IN_FLIGHT][1])
     logged = done % config.log_every == 0 or done == config.total_steps
     evaluated = done % config.eval.every == 0 or done == config.total_steps
     saving = done % config.checkpoint_every == 0 or done == config.total_steps

@@ -234,6 +234,33 @@ def test_sigterm_flag_is_checked_once_per_step(tmp_path, monkeypatch):
   assert not preemption._requested.is_set()
 
 
+def test_the_host_runs_at_most_two_steps_ahead_of_the_device(tmp_path, monkeypatch):
+  """Between sync points the host dispatches without reading results, but it waits for
+  step t-2 before dispatching t+1: a stop (checked on the host) then lands within ~2 steps
+  of the device, not after every step of a window already queued. Each step here carries
+  a slow extra computation, so a host that does not wait would queue the whole window."""
+  monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
+  real = train.make_train_step
+  slow = jax.jit(lambda x: jax.lax.fori_loop(0, 60, lambda i, y: jax.numpy.tanh(y @ y), x).sum())
+  x = jax.numpy.full((192, 192), 0.01)
+  queued, extra = [], []
+
+  def make(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def wrapped(state, *rest):
+      queued.append(sum(not e.is_ready() for e in extra))   # steps still on the device
+      new, metrics = step(state, *rest)
+      extra.append(slow(x + new.step))
+      return new, dict(metrics, slow=extra[-1])
+    return wrapped
+
+  monkeypatch.setattr(train, "make_train_step", make)
+  train.train_and_evaluate(_config(total_steps=12, log_every=12, checkpoint_every=12,
+                                   **{"eval.every": 12}), str(tmp_path))
+  assert len(queued) == 12 and max(queued) <= 2, queued
+
+
 # --- corrupt / half-written checkpoints --------------------------------------------------
 
 
