@@ -152,5 +152,8 @@ def plot(records: list[dict], path: str) -> None:
                   label=method)
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xscale("log")
+    sizes = sorted({r["num_train"] for r in mine})
+    ax.set_xticks(sizes, [str(n) for n in sizes])   # the sizes run, not powers of ten
+    ax.minorticks_off()
     suite_lib.label_axes(ax, "target labels n", "test accuracy - fine-tuning's (pp)", pair)
   suite_lib.save_figure(fig, path)
