@@ -65,15 +65,10 @@ def main(argv):
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
   seeds = [int(s) for s in _SEEDS.value]
-  try:
+  with selection.driver("merlin_jax.compare"):   # a stop: after the current run, exit 75
     tune = [int(s) for s in _TUNE_SEEDS.value] or None
     rows = selection.compare(_CONFIG.value, _WORKDIR.value, _METHODS.value, seeds,
                              selection.parse_grid(_GRID.value), tune)
-  except errors.Preempted as e:
-    print(f"merlin_jax.compare: {e}", file=sys.stderr)
-    sys.exit(errors.PREEMPTED_EXIT_CODE)
-  except errors.UserError as e:
-    _fail(e)
   table = selection.markdown_table(rows)
   print(table)
   if _OUT.value:

@@ -42,8 +42,8 @@ def run_pretrain(config, pre_workdir: str) -> str:
   records = read_jsonl(jsonl) if fs.exists(jsonl) else []
   if not (records and records[-1].get("final") and fs.is_file(export)):
     pre = pretrain_config(config)
-    logging.info("%s starts from pre-trained weights: running `pretrain` for %d steps in %s",
-                 config.method, pre.total_steps, pre_workdir)
+    logging.info("the start of the two-stage methods: running `pretrain` for %d steps in %s",
+                 pre.total_steps, pre_workdir)
     train.train_and_evaluate(pre, pre_workdir)
   return export
 

@@ -147,6 +147,17 @@ def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkey
   assert started == ["joint/default/seed_0", "joint/default/seed_1"] and row["seeds"] == [0, 1]
 
 
+def test_the_drivers_exit_75_on_a_stop_and_2_on_bad_input_with_one_line(capsys):
+  from merlin_jax import errors
+  for exc, code, line in [(errors.Preempted(None, "/w/run"), 75, "prog: stopped before the run"),
+                          (errors.UserError("no such pair"), 2, "prog: error: no such pair")]:
+    with pytest.raises(SystemExit) as e:
+      with selection.driver("prog"):
+        raise exc
+    err = capsys.readouterr().err
+    assert e.value.code == code and err.startswith(line) and err.count("\n") == 1
+
+
 def test_libraries_define_no_flags_and_the_clis_parse_theirs():
   import subprocess
   import sys

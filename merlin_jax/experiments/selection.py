@@ -17,9 +17,11 @@ never takes part in a choice.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -71,6 +73,22 @@ def candidates(base, settings: Sequence[dict]) -> dict[str, dict]:
     kept = {k: v for k, v in setting.items() if get_key(base, k) != v}
     out.setdefault(_setting_name(kept), kept)
   return out
+
+
+@contextlib.contextmanager
+def driver(prog: str):
+  """The body of a command line that drives many runs (compare, the suite, the sweep): one
+  stop flag over all of them, so a SIGTERM ends it after the current run with exit 75, and
+  bad input as one line `PROG: error: ...` with exit 2."""
+  try:
+    with preemption.handle_signals():
+      yield
+  except errors.Preempted as e:
+    print(f"{prog}: {e}", file=sys.stderr)
+    sys.exit(errors.PREEMPTED_EXIT_CODE)
+  except errors.UserError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 class NotFinished(Exception):

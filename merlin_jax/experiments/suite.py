@@ -15,8 +15,6 @@ reuses finished runs.
 The command line only; the library is merlin_jax/experiments/suite_lib.py.
 """
 
-import sys
-
 from absl import app, flags, logging
 
 from merlin_jax.experiments import suite_lib
@@ -40,21 +38,14 @@ _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to
 
 def main(argv):
   del argv
-  from merlin_jax import errors, preemption
+  from merlin_jax.experiments import selection
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
-  try:
-    with preemption.handle_signals():   # a stop ends the suite after the current run
-      text = suite_lib.run_suite(
-          _PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
-          _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value, _PLOTS.value,
-          [int(s) for s in _TUNE_SEEDS.value] or None)
-  except errors.Preempted as e:
-    print(f"merlin_jax.experiments.suite: {e}", file=sys.stderr)
-    sys.exit(errors.PREEMPTED_EXIT_CODE)
-  except errors.UserError as e:
-    print(f"merlin_jax.experiments.suite: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  with selection.driver("merlin_jax.experiments.suite"):   # a stop: after the current run
+    text = suite_lib.run_suite(
+        _PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
+        _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value, _PLOTS.value,
+        [int(s) for s in _TUNE_SEEDS.value] or None)
   print(text)
   logging.info("suite done")
 

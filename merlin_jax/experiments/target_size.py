@@ -18,13 +18,12 @@ or partial sweep). See merlin_jax/experiments/target_size_lib.py.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import app, flags
 
-from merlin_jax import errors, preemption
-from merlin_jax.experiments import suite_lib, target_size_lib
+from merlin_jax import errors
+from merlin_jax.experiments import selection, suite_lib, target_size_lib
 from merlin_jax.metrics import quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/merlin/target_size", "Root of all runs.")
@@ -54,22 +53,14 @@ def main(argv):
   quiet_library_logs()
   t = time.time()
   missing = [] if _FINISHED_ONLY.value else None
-  try:
-    with preemption.handle_signals():   # a stop ends the sweep after the current run
-      records = target_size_lib.sweep(
-          _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
-          [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
-          _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None,
-          missing)
+  with selection.driver("merlin_jax.experiments.target_size"):   # a stop: after this run
+    records = target_size_lib.sweep(
+        _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
+        [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
+        _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None, missing)
     if not records:
       raise errors.UserError(f"no (pair, n) cell in {_WORKDIR.value} has finished; run the "
                              "same command without --finished_only")
-  except errors.Preempted as e:
-    print(f"merlin_jax.experiments.target_size: {e}", file=sys.stderr)
-    sys.exit(errors.PREEMPTED_EXIT_CODE)
-  except errors.UserError as e:
-    print(f"merlin_jax.experiments.target_size: error: {e}", file=sys.stderr)
-    sys.exit(2)
   minutes = (suite_lib.wall_minutes(_WORKDIR.value) if missing is not None else
              suite_lib.add_wall_minutes(_WORKDIR.value, (time.time() - t) / 60))
   table = target_size_lib.markdown(records)
