@@ -37,15 +37,20 @@ def run_pretrain(config, pre_workdir: str) -> str:
   """Runs (or resumes, or reads back) `pretrain_config(config)` in pre_workdir; returns the
   path of its exported weights."""
   from merlin_jax import train  # the training program runs this stage too: import late
-  export = fs.join(pre_workdir, checkpointing.EXPORT)
-  jsonl = fs.join(pre_workdir, JSONL)
-  records = read_jsonl(jsonl) if fs.exists(jsonl) else []
-  if not (records and records[-1].get("final") and fs.is_file(export)):
+  if not pretrain_finished(pre_workdir):
     pre = pretrain_config(config)
     logging.info("the start of the two-stage methods: running `pretrain` for %d steps in %s",
                  pre.total_steps, pre_workdir)
     train.train_and_evaluate(pre, pre_workdir)
-  return export
+  return fs.join(pre_workdir, checkpointing.EXPORT)
+
+
+def pretrain_finished(pre_workdir: str) -> bool:
+  """The pretrain run in pre_workdir has its final record and its exported weights."""
+  jsonl = fs.join(pre_workdir, JSONL)
+  records = read_jsonl(jsonl) if fs.exists(jsonl) else []
+  return bool(records and records[-1].get("final")
+              and fs.is_file(fs.join(pre_workdir, checkpointing.EXPORT)))
 
 
 def pretrained_path(config, workdir: str) -> str:

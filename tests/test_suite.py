@@ -147,6 +147,20 @@ def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkey
   assert started == ["joint/default/seed_0", "joint/default/seed_1"] and row["seeds"] == [0, 1]
 
 
+def test_a_look_at_a_sweep_counts_a_pretrain_without_its_export_as_unfinished(tmp_path):
+  """What run_pretrain would train (final record but no exported weights) is NotFinished for
+  a look that trains nothing, not read back and then trained."""
+  base = load_config(SYNTHETIC)
+  pre = tmp_path / "pretrain" / "default" / "seed_0"
+  pre.mkdir(parents=True)
+  (pre / "metrics.jsonl").write_text(json.dumps({"final": True}) + "\n")
+  with pytest.raises(selection.NotFinished):
+    selection.pretrained_start(base, str(tmp_path), 0, run_missing=False)
+  (pre / "model.safetensors").write_bytes(b"weights")
+  assert selection.pretrained_start(base, str(tmp_path), 0, run_missing=False) == str(
+      pre / "model.safetensors")
+
+
 def test_the_drivers_exit_75_on_a_stop_and_2_on_bad_input_with_one_line(capsys):
   from merlin_jax import errors
   for exc, code, line in [(errors.Preempted(None, "/w/run"), 75, "prog: stopped before the run"),

@@ -135,7 +135,7 @@ def pretrained_start(base, root: str, seed: int, run_missing: bool = True) -> st
   config = copy.deepcopy(base)
   config.seed = seed
   pre_workdir = os.path.join(root, two_stage.PRETRAIN_DIR, "default", f"seed_{seed}")
-  if finished(pre_workdir) is None:
+  if not two_stage.pretrain_finished(pre_workdir):   # what run_pretrain would train
     if not run_missing:
       raise NotFinished(pre_workdir)
     if preemption.is_requested():
