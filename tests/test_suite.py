@@ -197,16 +197,29 @@ def test_target_size_sweep_reports_paired_gains_and_costs(tmp_path):
   pretrain run per seed shared by every size, and a plot."""
   from merlin_jax.experiments import target_size_lib
   pair = os.path.join(ROOT, "configs", "synthetic.py")
+  grid = ["merlin_ft:inner.lr=0.5"]   # tuned on both seeds (the default tune_seeds)
   records = target_size_lib.sweep([pair], [12, 30], ["finetune", "merlin_ft"], [0, 1], 3, 3,
-                                  [], str(tmp_path))
+                                  grid, str(tmp_path))
   assert [(r["num_train"], r["method"]) for r in records] == [
       (12, "finetune"), (12, "merlin_ft"), (30, "finetune"), (30, "merlin_ft")]
+
+  def final(n, method, setting, seed):
+    path = tmp_path / "synthetic" / f"n{n}" / method / setting / f"seed_{seed}"
+    return json.loads((path / "metrics.jsonl").read_text().splitlines()[-1])
+
   for r in records:
-    run = tmp_path / "synthetic" / f"n{r['num_train']}" / r["method"] / "default"
-    tests = [json.loads((run / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()[-1])
-             ["target_test_accuracy"] for s in (0, 1)]
+    tests = [final(r["num_train"], r["method"], r["setting"], s)["target_test_accuracy"]
+             for s in (0, 1)]
     assert r["target_test_mean"] == pytest.approx(np.mean(tests))
     assert r["pretrain_steps"] == 3 and r["train_seconds"] > 0
+    if r["method"] == "finetune":   # no grid: no choice, no margin
+      assert r["val_margin"] is None and r["tune_seeds"] == []
+    else:   # the margin of the choice: mean val over the tuning seeds, best - runner-up
+      val = {name: np.mean([final(r["num_train"], "merlin_ft", name, s)
+                            ["best_target_val_accuracy"] for s in (0, 1)])
+             for name in ("default", "inner.lr=0.5")}
+      assert r["tune_seeds"] == [0, 1] and r["setting"] == max(val, key=val.get)
+      assert r["val_margin"] == pytest.approx(abs(val["default"] - val["inner.lr=0.5"]))
   by = {(r["num_train"], r["method"]): r for r in records}
   for n in (12, 30):
     assert by[(n, "finetune")]["gain_mean"] == 0.0
@@ -228,10 +241,30 @@ def test_target_size_sweep_reports_paired_gains_and_costs(tmp_path):
    ).write_text("")
   missing = []
   partial = target_size_lib.sweep([pair], [12, 20, 30], ["finetune", "merlin_ft"], [0, 1], 3,
-                                  3, [], str(tmp_path), missing=missing)
+                                  3, grid, str(tmp_path), missing=missing)
   assert missing == [("synthetic", 12), ("synthetic", 20)]
   assert partial == [r for r in records if r["num_train"] == 30]
   assert not (tmp_path / "synthetic" / "n20").exists()
+
+
+def test_target_size_command_line_names_the_tuning_seeds():
+  """The command written above a table reproduces it: the tuning seeds (which decide the
+  selection) are always on it, `--tune_seeds=` (empty) meaning all seeds, the CLI default."""
+  import subprocess
+  import sys
+  from merlin_jax.experiments import target_size_lib
+  code = ("from absl import flags; from merlin_jax.experiments import target_size\n"
+          "print(flags.FLAGS['tune_seeds'].default)")   # (own process: flags are global)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, check=True)
+  assert out.stdout.strip() == "[]"   # the CLI's default: tune on every seed
+  line = target_size_lib.command(["configs/digits.py"], [50, 100], ["finetune"], [0, 1, 2],
+                                 200, None, [])
+  assert line.endswith("--seeds=0,1,2 --steps=200 --tune_seeds=")
+  line = target_size_lib.command(["a.py", "b.py"], ["50"], ["finetune", "merlin"], ["0"], 5,
+                                 300, ["0"])
+  assert "--pairs=a.py,b.py --sizes=50 --methods=finetune,merlin" in line
+  assert line.endswith("--steps=5 --num_val=300 --tune_seeds=0")
 
 
 def test_target_size_grid_settings_are_clipped_to_fit_n():

@@ -6,7 +6,7 @@ r"""When does MeRLin help? Gain over fine-tuning against the target-set size, on
 (defaults: the digits and Fashion-MNIST -> digits pairs, n = 50, 100, 200, 500, 800 target
 labels (the scikit-learn digits train split has ~1,000, validation included), MeRLin,
 MeRLin-ft, fine-tuning, L2-SP and DELTA, seeds 0, 1, 2, 200 outer steps, the suite's grid
-chosen on target validation over the tuning seeds). Writes the table
+chosen on target validation averaged over all three seeds). Writes the table
 (test accuracy, paired gain over fine-tuning, wall time and steps to the selected model)
 and a plot of the gain against n (error bars: std over seeds) into the WORKSPACE file
 between `<!-- target_size:begin -->` and `<!-- target_size:end -->`. Resumable: a rerun
@@ -40,7 +40,9 @@ _STEPS = flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-tr
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")
 _GRID = flags.DEFINE_multi_string("grid", suite_lib.DEFAULT_GRID,
                                   "method:key=v1,v2[;key2=...], chosen on target validation.")
-_TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on (empty: all).")
+_TUNE_SEEDS = flags.DEFINE_list("tune_seeds", [], "Seeds every grid setting runs on, its "
+                                 "validation accuracy averaged over them (empty: all seeds; "
+                                 "each seed draws its own train/val split).")
 _FINISHED_ONLY = flags.DEFINE_bool(
     "finished_only", False, "Train nothing: report the (pair, n) cells whose runs have all "
     "finished and name the others (a look at a running or partial sweep).")
@@ -72,10 +74,10 @@ def main(argv):
     plot = os.path.join(os.path.dirname(os.path.abspath(_WORKSPACE.value)), _PLOT.value)
     os.makedirs(os.path.dirname(plot), exist_ok=True)
     target_size_lib.plot(records, plot)
-    text = (f"Command: `python -m merlin_jax.experiments.target_size --pairs="
-            f"{','.join(_PAIRS.value)} --sizes={','.join(_SIZES.value)} --methods="
-            f"{','.join(_METHODS.value)} --seeds={','.join(_SEEDS.value)} --steps={_STEPS.value}"
-            f"{f' --num_val={_NUM_VAL.value}' if _NUM_VAL.value is not None else ''}`; "
+    command = target_size_lib.command(_PAIRS.value, _SIZES.value, _METHODS.value,
+                                      _SEEDS.value, _STEPS.value, _NUM_VAL.value,
+                                      _TUNE_SEEDS.value)
+    text = (f"Command: `{command}`; "
             f"total wall time {minutes:.1f} min (summed over invocations).\n\n{table}\n\n"
             f"![gain over fine-tuning against n]({_PLOT.value})")
     suite_lib.write_section(_WORKSPACE.value, text, target_size_lib.BEGIN, target_size_lib.END)

@@ -6,7 +6,9 @@ For every pair (a config file) and target-set size n (`data.target.num_train`), 
 never on the test set) and reports, per method, the paired gain over fine-tuning (seed by
 seed: test accuracy - fine-tuning's test accuracy with the same seed, then mean ± std over
 seeds), its wall time and its outer steps to the selected model (a two-stage method's
-shared pre-training counted separately), so a gain is read at matched cost.
+shared pre-training counted separately), so a gain is read at matched cost, and the val
+margin of each choice (the selected setting's mean target-val accuracy over the tuning
+seeds minus the runner-up's), so a choice decided by one validation example reads as a tie.
 
 Pre-training reads only the source, so one pretrain run per seed serves every size
 (ROOT/<pair>/pretrain). The per-step target split of the meta-methods and the target
@@ -84,6 +86,15 @@ def gains(rows: list[dict]) -> dict[str, tuple[float, float]]:
           for m, acc in by_method.items()}
 
 
+def val_margin(grid: dict[str, float]) -> float | None:
+  """How far the selected setting's mean target-val accuracy is ahead of the runner-up's
+  (None without a grid): a choice by less than a validation example or two is a tie."""
+  if len(grid) < 2:
+    return None
+  best, second = sorted(grid.values(), reverse=True)[:2]
+  return best - second
+
+
 def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num_val=None,
           tune_seeds=None, missing=None) -> list[dict]:
   """Runs every pair x size; one record per (pair, size, method).
@@ -117,21 +128,33 @@ def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num
                             seeds=r["seeds"], target_test_mean=r["target_test_mean"],
                             target_test_std=r["target_test_std"],
                             gain_mean=gain[r["method"]][0], gain_std=gain[r["method"]][1],
+                            tune_seeds=r["tune_seeds"], val_margin=val_margin(r["grid"]),
                             **cost))
   return records
 
 
+def command(pairs, sizes, methods, seeds, steps, num_val=None, tune_seeds=()) -> str:
+  """The command line that reproduces a table, the selection's tuning seeds included
+  (`--tune_seeds=` empty: all seeds)."""
+  return (f"python -m merlin_jax.experiments.target_size --pairs={','.join(pairs)} "
+          f"--sizes={','.join(map(str, sizes))} --methods={','.join(methods)} "
+          f"--seeds={','.join(map(str, seeds))} --steps={steps}"
+          + (f" --num_val={num_val}" if num_val is not None else "")
+          + f" --tune_seeds={','.join(map(str, tune_seeds))}")
+
+
 def markdown(records: list[dict]) -> str:
   lines = ["| pair | n | method | test acc. (%) | gain over fine-tuning (pp) | setting (val) "
-           "| wall s | steps to selected | + pre-training s / steps |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| val margin (pp) | wall s | steps to selected | + pre-training s / steps |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in records:
     pre = (f"{r['pretrain_seconds']:.0f} / {r['pretrain_steps']:.0f}"
            if r["pretrain_steps"] else "–")
+    margin = "–" if r.get("val_margin") is None else f"{100 * r['val_margin']:.1f}"
     lines.append(
         f"| {r['pair']} | {r['num_train']} | {r['method']} | {100 * r['target_test_mean']:.2f} ± "
         f"{100 * r['target_test_std']:.2f} | {100 * r['gain_mean']:+.2f} ± {100 * r['gain_std']:.2f}"
-        f" | {r['setting']} | {r['train_seconds']:.0f} | {r['selected_step']:.0f} | {pre} |")
+        f" | {r['setting']} | {margin} | {r['train_seconds']:.0f} | {r['selected_step']:.0f} | {pre} |")
   return "\n".join(lines)
 
 
