@@ -54,6 +54,25 @@ def test_grid_runs_on_tune_seeds_and_the_choice_on_all_seeds(tmp_path, monkeypat
   assert row["target_test"] == [0.1, 1.1, 2.1]
 
 
+def test_a_tie_on_mean_validation_goes_to_the_earlier_candidate(tmp_path, monkeypatch):
+  """Validation accuracies are float32 (0.91 is 0.9100000262...): the means of
+  (0.90, 0.95, 0.91) and (0.91, 0.94, 0.91) differ in their last bits, which chose the later
+  setting before the means were rounded."""
+  val = {"default": (0.90, 0.95, 0.91), "rho=3": (0.91, 0.94, 0.91)}
+  assert (np.mean([float(np.float32(v)) for v in val["rho=3"]])
+          > np.mean([float(np.float32(v)) for v in val["default"]]))   # what used to win
+
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None,
+                   run_missing=True):
+    accuracy = float(np.float32(val[selection._setting_name(setting)][seed]))
+    return {"best_target_val_accuracy": accuracy, "target_test_accuracy": 0.5}
+
+  monkeypatch.setattr(selection, "run_one", fake_run_one)
+  (row,) = selection.compare(load_config(SYNTHETIC), str(tmp_path), ["merlin"], [0, 1, 2],
+                             selection.parse_grid(["merlin:rho=3"]))
+  assert row["grid"] == {"default": 0.92, "rho=3": 0.92} and row["setting"] == "default"
+
+
 def test_suite_writes_table_and_plot(tmp_path):
   workspace = tmp_path / "WS.md"
   workspace.write_text("# log\n\nkept text\n")

@@ -31,6 +31,9 @@ from merlin_jax.config_base import get_key, override
 from merlin_jax.metrics import JSONL, read_jsonl
 
 
+VAL_DECIMALS = 6   # validation accuracies equal to this many decimals are a tie
+
+
 def parse_grid(specs: Sequence[str]) -> dict[str, list[dict]]:
   """'joint:alpha=0.1,0.5;rho=1' -> {'joint': [{'alpha': 0.1, 'rho': 1}, {'alpha': 0.5, ...}]}.
 
@@ -177,8 +180,9 @@ def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_m
                      run_missing)
 
     grid = {}  # name -> mean target val accuracy over tune_seeds (one candidate: no tuning)
-    if len(cands) > 1:
-      grid = {n: float(np.mean([run(n, s)["best_target_val_accuracy"] for s in tune_seeds]))
+    if len(cands) > 1:   # rounded: the accuracies are float32 counts / num_val, and a mean's
+      grid = {n: round(float(np.mean(   # last bits must not break a tie (the earlier wins)
+          [run(n, s)["best_target_val_accuracy"] for s in tune_seeds])), VAL_DECIMALS)
               for n in cands}
     chosen = max(grid, key=grid.get) if grid else "default"
     final = [run(chosen, s) for s in seeds]
