@@ -85,6 +85,7 @@ def test_suite_writes_table_and_plot(tmp_path):
   for method in ("joint", "merlin"):
     assert f"| {method} |" in body
   assert "±" in body and (tmp_path / "plots" / "suite_synthetic.png").stat().st_size > 1000
+  assert "--tune_seeds=`" in body   # tuned on all seeds: written, or a rerun would use seed 0
   assert sorted(os.listdir(tmp_path / "runs" / "synthetic" / "joint" / "default")) == [
       "seed_0", "seed_1"]
   first = json.load(open(tmp_path / "runs" / "synthetic" / "wall_minutes.json"))["minutes"]

@@ -161,7 +161,7 @@ def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune
       [f"--pairs={','.join(pairs)}", f"--methods={','.join(methods)}",
        f"--seeds={','.join(map(str, seeds))}", f"--steps={steps}", f"--eval_every={eval_every}"]
       + [f"--grid='{g}'" for g in grid_specs]
-      + ([f"--tune_seeds={','.join(map(str, tune_seeds))}"] if tune_seeds else [])))
+      + [f"--tune_seeds={','.join(map(str, tune_seeds or []))}"]))   # empty: all seeds
   header = (f"Command: `{command}`\n\nBudget: {steps} outer steps per run (pre-training too), "
             f"target validation every {eval_every} steps; seeds {', '.join(map(str, seeds))}; "
             f"total wall time {sum(total_minutes):.1f} min on this machine (summed over the "
