@@ -1,9 +1,9 @@
 """What several configs share: get_config's argument, the `:local` smoke variant, and the
 recipes of the ImageNet-scale image pairs and of the BERT text targets.
 
-Config files import it as `from configs import common` (run from the repository root, as
-`python -m merlin_jax.main --config=configs/x.py` is; `merlin_jax.config_base.load_config`
-resolves it from anywhere). Every value a recipe sets that the paper does not state is
+Config files import it as `from merlin_jax.configs import common` (this folder is the
+package `merlin_jax.configs`: installed as such, a symlink in the checkout; see
+merlin_jax/config_names.py), so it resolves from anywhere. Every value a recipe sets that the paper does not state is
 ours.
 """
 
@@ -96,8 +96,8 @@ def large_image_pair(source: str, num_source_classes: int, target: str, num_targ
 
   Only the datasets and the target's size differ between those pairs. arg: get_config's;
   'local' is the smoke variant (still needs the prepared data). Prepare the source as
-  array_record (`tfds build SOURCE --file_format=array_record`, or convert a tfrecord build
-  with `python -m merlin_jax.data.prepare SOURCE --file_format=array_record --data_dir=DIR`):
+  array_record (`python -m merlin_jax.data.prepare SOURCE --file_format=array_record
+  --data_dir=DIR`, which also converts a tfrecord build in DIR):
   it is then read by index and a resumed run continues its exact sample order in O(1), on
   any process count. A tfrecord source is skipped through record by record on resume, and
   refuses a checkpoint written on another process count (merlin_jax/data/sources.py).

@@ -9,7 +9,7 @@ pip-installed packages; nothing is downloaded. Runs in a few minutes on 2 CPU co
 Hyperparameters marked "ours" are not from the paper (which does not give them).
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

@@ -9,7 +9,7 @@ labelled subset of scikit-learn's 8x8 handwritten digits resized to 28x28 (a sma
 USPS-like set), test = the builder's held-out split. Hyperparameters marked "ours".
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

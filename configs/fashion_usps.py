@@ -3,7 +3,7 @@
   python -m merlin_jax.main --config=configs/fashion_usps.py --workdir=/tmp/merlin/fashion_usps
 
 Data, prepared once (nothing is downloaded at train time):
-  tfds build fashion_mnist --data_dir=DIR          # source: TFDS catalog `fashion_mnist`
+  python -m merlin_jax.data.prepare fashion_mnist --data_dir=DIR   # source: catalog `fashion_mnist`
   python -m merlin_jax.data.prepare usps --manual_dir=USPS_DIR --data_dir=DIR
       # target: our manual-dir `usps` builder; USPS_DIR holds usps.h5 (Kaggle
       # bistaumanga/usps-dataset) or LIBSVM's usps.bz2 + usps.t.bz2
@@ -16,7 +16,7 @@ USPS's 16x16 images are resized to Fashion-MNIST's 28x28x1. Small CNN; a few min
 `--config=configs/fashion_usps.py:local` is a tiny smoke run.
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

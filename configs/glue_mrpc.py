@@ -7,7 +7,8 @@
 DIR: a Hugging Face BERT-base directory (config.json, model.safetensors, vocab.txt), e.g.
 bert-base-uncased; it is both the architecture (model.hf_dir), the tokenizer
 (data.text.tokenizer_dir) and the pre-trained weights (pretrained.path; L2-SP's anchor).
-Data: TFDS `glue/mrpc`, prepared once with `tfds build glue/mrpc --data_dir=...`.
+Data: TFDS `glue/mrpc`, prepared once with
+`python -m merlin_jax.data.prepare glue/mrpc --data_dir=...`.
 Protocol (paper): report accuracy on the GLUE dev set (TFDS 'validation') as the target
 test; model selection on `num_val` examples held out of 'train' (never the dev set).
 About 20 min per run on one A100-class GPU (3 epochs, batch 32, length 128; not measured).
@@ -16,7 +17,7 @@ exists; the recipe is configs/common.py's `glue`). `:METHOD,local` is a smoke va
 (few steps, short sequences).
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 TASK = "glue/mrpc"
 FIELDS = ("sentence1", "sentence2")

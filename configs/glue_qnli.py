@@ -5,14 +5,15 @@
   (l2sp / merlin_ft instead of finetune; --config.seed=1,2 for more seeds)
 
 Same protocol and hyperparameters as configs/glue_mrpc.py (see there; "ours" where the
-paper gives none), on TFDS `glue/qnli` (`tfds build glue/qnli --data_dir=...`): dev set
+paper gives none), on TFDS `glue/qnli` (prepared once:
+`python -m merlin_jax.data.prepare glue/qnli --data_dir=...`): dev set
 (TFDS 'validation') = reported target test; model selection on 2000 examples held out
 of 'train'. 3 epochs = 9,632 steps of batch 32.
 Note: merlin_ft's 'probe' evaluation featurises the whole D_t (~103k pairs) in one call:
 set data.target.num_train lower (e.g. 20000) on a small accelerator.
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 TASK = "glue/qnli"
 FIELDS = ('question', 'sentence')

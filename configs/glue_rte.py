@@ -5,12 +5,13 @@
   (l2sp / merlin_ft instead of finetune; --config.seed=1,2 for more seeds)
 
 Same protocol and hyperparameters as configs/glue_mrpc.py (see there; "ours" where the
-paper gives none), on TFDS `glue/rte` (`tfds build glue/rte --data_dir=...`): dev set
+paper gives none), on TFDS `glue/rte` (prepared once:
+`python -m merlin_jax.data.prepare glue/rte --data_dir=...`): dev set
 (TFDS 'validation') = reported target test; model selection on 250 examples held out
 of 'train'. 3 epochs = 210 steps of batch 32.
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 TASK = "glue/rte"
 FIELDS = ('sentence1', 'sentence2')

@@ -3,7 +3,7 @@
   python -m merlin_jax.main --config=configs/imagenet_caltech256.py --workdir=/tmp/merlin/imagenet_caltech256
 
 Data, prepared once (nothing is downloaded at train time), then --config.data.data_dir=DIR:
-  tfds build imagenet2012 --file_format=array_record --data_dir=DIR \
+  python -m merlin_jax.data.prepare imagenet2012 --file_format=array_record --data_dir=DIR \
       --manual_dir=IMAGENET_TARS   # ILSVRC2012 tars
   python -m merlin_jax.data.prepare caltech256 --manual_dir=C256 --data_dir=DIR
       # C256 holds 256_ObjectCategories/ (extracted 256_ObjectCategories.tar)
@@ -20,7 +20,7 @@ Needs an accelerator (ResNet at 224x224). Hyperparameters marked "ours" are not 
 the paper. `:local` shrinks everything for a smoke run (still needs the prepared data).
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 
 def get_config(arg: str | None = None):

@@ -3,9 +3,9 @@
   python -m merlin_jax.main --config=configs/imagenet_cars.py --workdir=/tmp/merlin/imagenet_cars
 
 Data, prepared once (nothing is downloaded at train time), then --config.data.data_dir=DIR:
-  tfds build imagenet2012 --file_format=array_record --data_dir=DIR \
+  python -m merlin_jax.data.prepare imagenet2012 --file_format=array_record --data_dir=DIR \
       --manual_dir=IMAGENET_TARS   # ILSVRC2012 tars
-  tfds build cars196 --data_dir=DIR
+  python -m merlin_jax.data.prepare cars196 --data_dir=DIR
 
 The source in array_record is read by index: a resumed run continues its exact sample
 order at once, on any process count. One already built as tfrecord is converted with
@@ -18,7 +18,7 @@ Needs an accelerator (ResNet at 224x224). Hyperparameters marked "ours" are not 
 the paper. `:local` shrinks everything for a smoke run (still needs the prepared data).
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 
 def get_config(arg: str | None = None):

@@ -10,7 +10,7 @@ selection (ours: the paper's "(600)" is read as the number of target labels); te
 builder's held-out test split. Hyperparameters marked "ours" are not from the paper.
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

@@ -2,7 +2,8 @@
 
   python -m merlin_jax.main --config=configs/signature_cifar10.py --workdir=/tmp/merlin/sig_cifar
 
-Data, prepared once: `tfds build cifar10 --data_dir=DIR`, then --config.data.data_dir=DIR.
+Data, prepared once: `python -m merlin_jax.data.prepare cifar10 --data_dir=DIR`, then
+--config.data.data_dir=DIR.
 
 Source and target are disjoint subsets of CIFAR-10's train split: the target D_t is 500 clean
 training images (class-balanced, seeded) and the source is the rest of the split
@@ -15,7 +16,7 @@ the signature. Hyperparameters marked "ours" are not given by the paper. `:local
 smoke run.
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

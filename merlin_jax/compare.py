@@ -53,8 +53,9 @@ def _fail(e: Exception):
 
 def parse_flags(argv):
   """absl's flag parsing; a bad config argument (e.g. `x.py:lcoal`) is one line, status 2."""
+  from merlin_jax import config_names
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(config_names.resolve_argv(argv))   # --config=NAME: a shipped config
   except errors.UserError as e:
     _fail(e)
 

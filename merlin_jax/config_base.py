@@ -12,15 +12,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-import sys
 from typing import Any, Mapping
 
 import ml_collections
 
 from merlin_jax import errors
-
-# The checkout: configs/ is a package next to merlin_jax/ (`from configs import common`).
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -160,21 +156,18 @@ def _add_method_hyperparameters(c: ml_collections.ConfigDict) -> None:
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`path/to/file.py[:arg]` (what --config takes) -> that file's `get_config(arg)`.
 
-  A file in this repository's configs/ is imported as the module `configs.<name>`, so its
-  `from configs import common` resolves from any working directory; any other file is
-  loaded from its location (with the repository root importable, for the same import).
-  The config is returned unlocked, as the file made it.
+  `spec` may also name a shipped config ('digits:local': merlin_jax/config_names.py). A
+  shipped file is imported as the module `merlin_jax.configs.<name>`; any other file is
+  loaded from its location. The config is returned unlocked, as the file made it.
   """
-  path, _, arg = spec.partition(":")
+  from merlin_jax import config_names
+  path, _, arg = config_names.resolve(spec).partition(":")
   if not os.path.isfile(path):
-    raise errors.UserError(f"config file {path} not found (give configs/<name>.py[:arg])")
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+    raise errors.UserError(f"config file {path} not found ({config_names.missing_hint()})")
   directory, name = os.path.split(os.path.realpath(path))
   module_name = os.path.splitext(name)[0]
-  configs = importlib.import_module("configs")
-  if directory in map(os.path.realpath, configs.__path__) and module_name.isidentifier():
-    module = importlib.import_module(f"configs.{module_name}")
+  if directory == config_names.configs_dir() and module_name.isidentifier():
+    module = importlib.import_module(f"merlin_jax.configs.{module_name}")
   else:  # a config outside configs/: a fresh module of its own
     spec_ = importlib.util.spec_from_file_location(f"_config_{module_name}", path)
     module = importlib.util.module_from_spec(spec_)

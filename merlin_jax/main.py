@@ -84,8 +84,9 @@ def _flag_error(e: Exception, argv) -> str:
 
 def parse_flags(argv):
   """absl's flag parsing, but a bad flag or config prints one line (status 2), no traceback."""
+  from merlin_jax import config_names
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(config_names.resolve_argv(argv))   # --config=NAME: a shipped config
     if _CONFIG.value is not None:
       _CONFIG.value.keys()  # a missing or failing config file raises here, not mid-run
     return rest

@@ -7,7 +7,7 @@ import os
 import ml_collections
 import pytest
 
-from configs import common
+from merlin_jax.configs import common
 from merlin_jax import errors
 from merlin_jax.config_base import base_config, get_key, load_config, override
 
@@ -83,7 +83,7 @@ def test_load_config_from_anywhere(tmp_path, monkeypatch):
       os.path.join(ROOT, "configs", "digits.py")).total_steps == 600
   # A config outside configs/ that uses the shared recipes.
   (tmp_path / "mine.py").write_text(
-      "from configs import common\n\n\ndef get_config(arg=None):\n"
+      "from merlin_jax.configs import common\n\n\ndef get_config(arg=None):\n"
       "  return common.large_image_pair('a', 3, 'b', 2, num_train=10, num_val=5, arg=arg)\n")
   c = load_config("mine.py:local")
   assert (c.data.source.name, c.total_steps, c.batch_size) == ("a", 4, 8)
