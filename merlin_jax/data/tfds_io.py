@@ -75,6 +75,11 @@ def first_line(e: Exception) -> str:
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def default_data_dir() -> str:
+  """TFDS's data dir when none is given: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
 def prepare_hint(name: str, data_dir: str) -> str:
   """The command that prepares dataset `name` (for DataError messages)."""
   from merlin_jax.data import builders
@@ -82,8 +87,9 @@ def prepare_hint(name: str, data_dir: str) -> str:
   if base_name(name) in builders.MANUAL:
     return (f"run `python -m merlin_jax.data.prepare {name} --manual_dir=DIR "
             f"--data_dir={dd}` once")
-  return (f"run `tfds build {name} --data_dir={dd}` once (datasets with manual downloads, "
-          f"e.g. imagenet2012, also need --manual_dir; see the config's docstring)")
+  return (f"run `python -m merlin_jax.data.prepare {name} --data_dir={dd}` once (datasets "
+          f"with manual downloads, e.g. imagenet2012, also need --manual_dir; see the "
+          f"config's docstring)")
 
 
 def get_builder(name: str, data_dir: str = ""):
@@ -94,6 +100,9 @@ def get_builder(name: str, data_dir: str = ""):
   """
   tfds = import_tfds()
   from merlin_jax.data import builders
+  from merlin_jax.data import own_data
+  if own_data.is_own(name):   # folder:PATH, csv:PATH, jsonl:PATH: local files
+    return own_data.get_builder(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception as e:  # DatasetNotFoundError, unknown builder config, ...
