@@ -23,7 +23,8 @@
 # ended on every worker; --delete waits, then deletes the TPU VM.
 #
 # Data: TFDS reads gs:// directly (--data-dir -> --config.data.data_dir=gs://...); prepare it
-# once from any machine (`tfds build food101 --data_dir=gs://my-bucket/tensorflow_datasets`).
+# once from any machine
+# (`python -m merlin_jax.data.prepare food101 --data_dir=gs://my-bucket/tensorflow_datasets`).
 # Workdir: one location every worker sees (orbax writes checkpoints from all hosts): a
 # gs:// URI (written directly; each worker's log is written locally to ~/merlin_logs and
 # copied to WORKDIR/logs/<host>.log every minute by launch/log_to_uri.sh), or a mounted

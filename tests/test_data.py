@@ -223,12 +223,12 @@ def test_missing_manual_files(tmp_path, name, needle):
   assert_one_line(err, needle, f"merlin_jax.data.prepare {name}")
 
 
-def test_unprepared_catalog_dataset_names_tfds_build(digits_dir, tmp_path):
+def test_unprepared_catalog_dataset_names_the_prepare_command(digits_dir, tmp_path):
   cfg = digits_cfg(str(tmp_path))
   cfg.target.name = "mnist"
   with pytest.raises(DataError) as err:
     data.load_transfer_data(cfg, 0)
-  assert_one_line(err, f"tfds build mnist --data_dir={tmp_path}")
+  assert_one_line(err, f"python -m merlin_jax.data.prepare mnist --data_dir={tmp_path}")
   assert not (tmp_path / "downloads").exists()   # nothing was downloaded
 
 

