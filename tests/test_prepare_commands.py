@@ -1,0 +1,147 @@
+"""Every preparation command the documentation and the error messages give runs (issue 29).
+
+The commands are read from README.md, the config docstrings, launch/ and
+merlin_jax/data/prepare.py, and from the messages of an unprepared dataset; each is run with
+`prepare.prepare` on tiny data: own data (folder:/csv:/jsonl:) for real; TFDS catalog
+datasets and the offline builders with `download_and_prepare` recorded instead of run (the
+offline builders' real preparation from tiny manual dirs: tests/test_data.py), so a name,
+a flag or a config that is not what the command says fails here. `tfds build` (whose CLI
+needs apache_beam, not installed) must not come back into the docs.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+import subprocess
+import sys
+import types
+
+import pytest
+
+from merlin_jax.data import builders, prepare, sources, tfds_io
+from tests.test_own_data import write_image_folder, write_text_table
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMAND = re.compile(r"(?:python -m merlin_jax\.data\.prepare|merlin-prepare) +([^`\n|)]*)")
+FLAGS = {"--manual_dir", "--data_dir", "--file_format"}
+
+
+def doc_files():
+  return ([os.path.join(ROOT, "README.md"), os.path.join(ROOT, "merlin_jax/data/prepare.py"),
+           os.path.join(ROOT, "merlin_jax/data/own_data.py")]
+          + sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+          + sorted(glob.glob(os.path.join(ROOT, "launch", "*"))))
+
+
+def commands_in(text):
+  """The argument strings of every prepare command in `text` (continuations joined)."""
+  text = re.sub(r"\\\n\s*", " ", text)
+  return [m.group(1).split(" #")[0].split("&&")[0].strip() for m in COMMAND.finditer(text)]
+
+
+def error_message_commands(tmp):
+  """The commands the not-prepared messages give (catalog, manual-dir, array_record)."""
+  msgs = [tfds_io.prepare_hint("glue/mrpc", tmp), tfds_io.prepare_hint("usps", tmp),
+          sources.StreamingSource._array_record_hint(   # pylint: disable=protected-access
+              types.SimpleNamespace(name="food101", data_dir=tmp))]
+  return [c for m in msgs for c in commands_in(m)]
+
+
+def documented():
+  out = []
+  for path in doc_files():
+    if os.path.isfile(path):
+      out += [(os.path.relpath(path, ROOT), c) for c in commands_in(open(path).read())]
+  return out
+
+
+def test_the_docs_give_the_prepare_command_not_tfds_build():
+  cmds = documented()
+  names = {c.split()[0] for _, c in cmds}
+  # the paths the issue names: catalog pairs with manual dirs, own data, GLUE
+  assert {"imagenet2012", "caltech_birds2011", "glue/mrpc", "usps", "folder:/data/xray"} <= names
+  for path in doc_files() + glob.glob(os.path.join(ROOT, "docs", "*.md")) + glob.glob(
+      os.path.join(ROOT, "notebooks", "*.ipynb")) + glob.glob(os.path.join(ROOT, "merlin_jax",
+                                                                              "**", "*.py"),
+                                                                 recursive=True):
+    assert not re.search(r"tfds build [a-z$]", open(path).read()), path
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+  """download_and_prepare of catalog / offline builders recorded, not run; the offline
+  builders' manual-file checks pass (their real runs: tests/test_data.py)."""
+  tfds = tfds_io.import_tfds()
+  calls = []
+  real = tfds.core.DatasetBuilder.download_and_prepare
+
+  def record(self, download_config=None, **kwargs):
+    if isinstance(self, tfds.dataset_builders.AdhocBuilder):   # own data: really built
+      return real(self, download_config=download_config, **kwargs)
+    calls.append({"name": self.name, "config": self.builder_config and self.builder_config.name,
+                  "manual_dir": download_config and download_config.manual_dir,
+                  "file_format": self.info.file_format.value, "data_dir": self.data_dir})
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", record)
+  for module in set(builders.MANUAL.values()):
+    monkeypatch.setattr(module, "find_manual_files", lambda *a, **k: {})
+  return calls
+
+
+def run_documented(args, tmp_path, calls):
+  """prepare.prepare for one documented argument string, placeholders made real."""
+  if args.split()[0].isupper():
+    return None   # a placeholder (NAME, SOURCE): nothing to run
+  tokens = shlex.split(args)
+  name, flags = tokens[0], dict(t.split("=", 1) for t in tokens[1:])
+  assert set(flags) <= FLAGS, (args, "unknown flag")
+  data_dir = str(tmp_path / "tfds")
+  manual = None
+  if "--manual_dir" in flags:
+    manual = str(tmp_path / "manual")
+    os.makedirs(manual, exist_ok=True)
+  kind = name.split(":")[0]
+  if kind == "folder":
+    write_image_folder(str(tmp_path / "imgs"))
+    name = f"folder:{tmp_path / 'imgs'}"
+  elif kind in ("csv", "jsonl"):
+    os.makedirs(tmp_path / "table", exist_ok=True)
+    write_text_table(str(tmp_path / "table" / f"train.{kind}"), kind,
+                     [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
+    name = f"{kind}:{tmp_path / 'table'}"
+  n = len(calls)
+  path = prepare.prepare(name, manual, data_dir, flags.get("--file_format"))
+  if kind in ("folder", "csv", "jsonl"):
+    assert os.path.isfile(os.path.join(path, "dataset_info.json")), args
+    return path
+  assert len(calls) == n + 1, args   # built by TFDS's download_and_prepare
+  call = calls[-1]
+  assert call["name"] == tfds_io.base_name(name), args
+  assert call["manual_dir"] == manual, args
+  assert call["file_format"] == flags.get("--file_format", "tfrecord"), args
+  return path
+
+
+def test_every_documented_prepare_command_runs(tmp_path, recorded):
+  cmds = documented() + [("error message", c) for c in error_message_commands(str(tmp_path))]
+  ran = 0
+  for i, (where, args) in enumerate(cmds):
+    ran += run_documented(args, tmp_path / str(i), recorded) is not None
+  assert ran >= 15, cmds
+
+
+def test_the_prepare_cli_runs_and_fails_in_one_line(tmp_path):
+  """The command itself (absl flags, exit codes): a folder for real, a bad name in one line."""
+  write_image_folder(str(tmp_path / "imgs"), n_train=2, n_test=0)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  cmd = [sys.executable, "-m", "merlin_jax.data.prepare"]
+  ok = subprocess.run(cmd + [f"folder:{tmp_path / 'imgs'}", f"--data_dir={tmp_path / 'd'}"],
+                      env=env, capture_output=True, text=True, timeout=120)
+  assert ok.returncode == 0 and "prepared folder:" in ok.stdout, ok.stderr[-2000:]
+  bad = subprocess.run(cmd + ["no_such_dataset_xyz", f"--data_dir={tmp_path / 'd'}"],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: dataset 'no_such_dataset_xyz'")
