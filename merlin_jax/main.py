@@ -105,6 +105,8 @@ def main(argv):
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
+  from merlin_jax import run_report   # a first line before the slow imports and loading
+  logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
   from merlin_jax import train  # after flag parsing: fast --help
   from merlin_jax import distributed
   try:

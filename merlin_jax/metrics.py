@@ -76,6 +76,12 @@ class MetricWriter:
       if scalars:
         self._tb.write_scalars(int(step), scalars)
 
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    """The run's hyperparameters (TensorBoard's HPARAMS tab); metrics.jsonl is unchanged
+    (config.json holds them)."""
+    if self._tb is not None:
+      self._tb.write_hparams(dict(hparams))
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.flush()

@@ -26,6 +26,7 @@ from absl import logging
 from merlin_jax import checkpointing, checks, sharding, two_stage, workdir as workdir_lib
 from merlin_jax import export as export_lib
 from merlin_jax import fs, preemption, provenance
+from merlin_jax import run_report
 from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Method
@@ -127,7 +128,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   mesh = sharding.mesh_from_config(config.mesh)
   if method.uses_source:
     sharding.check_divisible(config.batch_size, mesh, "batch_size")
+  t_data = time.time()
   data = checks.load_data(pipeline, config, method)
+  logging.info("%s", run_report.data_line(data, time.time() - t_data))
   hp = method.hyper(config, data.num_source_classes, data.num_target_classes)
   checks.check_data_fits(method, hp, data)
   ctx = Context(backbone=make_backbone(config.model, data.example_input), hp=hp)
@@ -196,6 +199,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   provenance.record(workdir, config, start_step=start_step)
   # A start without a checkpoint keeps no record (a kill before the first one left some).
   writer = MetricWriter(workdir, resume_step=-1 if resumed_step is None else start_step)
+  writer.write_hparams(run_report.flat_hparams(config))   # TensorBoard's HPARAMS tab
   identity = workdir_lib.json_config(config)
 
   def save(step, state):
@@ -331,9 +335,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   writer.close()
   ckpt.close()
   best_mngr.close()
-  logging.info("%s: target test accuracy %.4f (model from step %d, target val accuracy %.4f)",
-               method.name, final.get("target_test_accuracy", float("nan")),
-               final["selected_step"], final["best_target_val_accuracy"])
+  figure = run_report.plot_learning_curve_safely(workdir, writer.records, config)
+  for line in run_report.final_lines(workdir, method.name, final, figure):
+    logging.info("%s", line)
   return final
 
 
@@ -367,6 +371,8 @@ class _TrainClock:
     return 1.0 / max(self._first, 1e-9)
 
   def progress(self, done: int) -> str:
+    if not self.steps:   # only the first step (compilation) timed: no rate, no ETA yet
+      return run_report.first_step_note(self._first)
     rate = self.steps_per_sec
     eta = (self.total_steps - done) / max(rate, 1e-9)
     return (f"{rate:.2f} steps/s  ETA {_fmt_seconds(eta)} (training only; "
