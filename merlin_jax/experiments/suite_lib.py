@@ -63,16 +63,25 @@ def plot_pair(name: str, root: str, rows: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  later = []  # accuracies after the first evaluation: the y-range shows where methods differ
+  shown, seeds = [], set()
   for row in rows:
     steps, acc = val_curves(root, row)
+    # Step 0 (the untrained model, near chance) is left out: with it the y-range would hide
+    # where the methods differ, and clipped, its lines would start off the axes.
+    keep = np.asarray(steps) > 0 if len(steps) > 1 else np.ones(len(steps), bool)
+    steps, acc = np.asarray(steps)[keep], acc[:, keep]
     mean, std = acc.mean(0), acc.std(0)
     ax.plot(steps, 100 * mean, marker=".", label=row["method"])
     ax.fill_between(steps, 100 * (mean - std), 100 * (mean + std), alpha=0.15)
-    later.extend(100 * (mean - std)[1:])
-  if later:
-    ax.set_ylim(max(0.0, min(later) - 3), 100)
-  label_axes(ax, "outer step", "target validation accuracy (%)", name)
+    shown.extend(100 * (mean - std))
+    seeds.add(acc.shape[0])
+  if shown:
+    ax.set_ylim(max(0.0, min(shown) - 1), 100)   # every point and band is on the axes
+  n = "/".join(str(s) for s in sorted(seeds))
+  label_axes(ax, "outer step (step 0, the untrained model, not shown)",
+             "target validation accuracy (%)",
+             f"{name}\nmean over {n} seeds; band = ± 1 std (ddof 0)")
+  ax.title.set_fontsize(9)
   save_figure(fig, path)
 
 
