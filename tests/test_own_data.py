@@ -167,3 +167,26 @@ def test_readme_own_images_block_runs_end_to_end(tmp_path):
   assert acc and int(acc.group(2)) == 8
   # predict on the folder's test images reproduces the run's own target test accuracy
   assert float(acc.group(1)) == pytest.approx(metrics[-1]["target_test_accuracy"], abs=1e-6)
+
+
+def test_a_csv_text_target_through_the_text_pipeline(tmp_path):
+  """csv:DIR as the target of a shipped text config (wic_minilm), fields text + text_pair."""
+  from merlin_jax.config_base import load_config
+  from merlin_jax.data import pipeline
+  from tests.test_bert import write_random_hf_bert
+  rows = [{"text": f"sentence {i}", "text_pair": f"other {i % 5}", "label": ["no", "yes"][i % 2]}
+          for i in range(40)]
+  os.makedirs(tmp_path / "t")
+  write_text_table(str(tmp_path / "t" / "train.csv"), "csv", rows)
+  write_text_table(str(tmp_path / "t" / "test.csv"), "csv", rows[:10])
+  c = load_config("wic_minilm:finetune,local")
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.data.target.name = f"csv:{tmp_path / 't'}"
+  c.data.target.train_split, c.data.target.test_split = "train", "test"
+  c.data.text.fields = ("text", "text_pair")
+  c.data.text.tokenizer_dir = write_random_hf_bert(tmp_path / "bert")
+  c.data.target.num_train, c.data.target.num_val = 20, 10
+  d = pipeline.load_transfer_data(c.data, seed=0, need_source=False)
+  assert d.target_class_names == ("no", "yes")
+  assert d.target_train["inputs"]["input_ids"].shape[0] == 20
+  assert sum(int(b["mask"].sum()) for b in d.eval_batches("target_test", 8)) == 10
