@@ -29,6 +29,39 @@ COMMAND = re.compile(r"(?:python -m merlin_jax\.data\.prepare|merlin-prepare) +(
 FLAGS = {"--manual_dir", "--data_dir", "--file_format"}
 
 
+TOY_BUILDER = '''"""A toy dataset of the user's own: no __init__.py beside it."""
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)),
+        "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(20), "test": self._generate_examples(6)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {"image": np.full((8, 8, 1), 10 * i, np.uint8), "label": i % 2}
+'''
+
+
+def write_toy_builder(root, name="toy_src"):
+  """root/<name>/<name>_dataset_builder.py, as `tfds new` lays one out (no package)."""
+  os.makedirs(os.path.join(root, name), exist_ok=True)
+  path = os.path.join(root, name, f"{name}_dataset_builder.py")
+  with open(path, "w") as f:
+    f.write(TOY_BUILDER)
+  with open(os.path.join(root, name, "README.md"), "w") as f:
+    f.write("A toy dataset.\n")
+  return path
+
+
 def doc_files():
   return ([os.path.join(ROOT, "README.md"), os.path.join(ROOT, "merlin_jax/data/prepare.py"),
            os.path.join(ROOT, "merlin_jax/data/own_data.py")]
@@ -62,7 +95,8 @@ def test_the_docs_give_the_prepare_command_not_tfds_build():
   cmds = documented()
   names = {c.split()[0] for _, c in cmds}
   # the paths the issue names: catalog pairs with manual dirs, own data, GLUE
-  assert {"imagenet2012", "caltech_birds2011", "glue/mrpc", "usps", "folder:/data/xray"} <= names
+  assert {"imagenet2012", "caltech_birds2011", "glue/mrpc", "usps", "folder:/data/xray",
+          "path/to/my_ds/my_ds_dataset_builder.py"} <= names
   for path in doc_files() + glob.glob(os.path.join(ROOT, "docs", "*.md")) + glob.glob(
       os.path.join(ROOT, "notebooks", "*.ipynb")) + glob.glob(os.path.join(ROOT, "merlin_jax",
                                                                               "**", "*.py"),
@@ -79,7 +113,8 @@ def recorded(monkeypatch):
   real = tfds.core.DatasetBuilder.download_and_prepare
 
   def record(self, download_config=None, **kwargs):
-    if isinstance(self, tfds.dataset_builders.AdhocBuilder):   # own data: really built
+    if isinstance(self, tfds.dataset_builders.AdhocBuilder) or self.name == "toy_src":
+      calls.append({"name": self.name})   # own data, own builder: really built
       return real(self, download_config=download_config, **kwargs)
     calls.append({"name": self.name, "config": self.builder_config and self.builder_config.name,
                   "manual_dir": download_config and download_config.manual_dir,
@@ -112,10 +147,19 @@ def run_documented(args, tmp_path, calls):
     write_text_table(str(tmp_path / "table" / f"train.{kind}"), kind,
                      [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
     name = f"{kind}:{tmp_path / 'table'}"
+  own_builder = name.endswith(".py")
+  if own_builder:
+    name = write_toy_builder(str(tmp_path / "src"))
   n = len(calls)
   path = prepare.prepare(name, manual, data_dir, flags.get("--file_format"))
+  if own_builder:
+    calls.pop()   # it was built for real: TFDS finds it by name in the data dir
+    b = tfds_io.get_builder("toy_src", data_dir)
+    assert b.info.splits["train"].num_examples == 20, args
+    return path
   if kind in ("folder", "csv", "jsonl"):
     assert os.path.isfile(os.path.join(path, "dataset_info.json")), args
+    del calls[n:]
     return path
   assert len(calls) == n + 1, args   # built by TFDS's download_and_prepare
   call = calls[-1]

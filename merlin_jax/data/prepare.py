@@ -10,6 +10,7 @@ The one preparation command for every dataset a config can name; training never 
   python -m merlin_jax.data.prepare folder:/data/xray            # train/<class>/*.png [test/]
   python -m merlin_jax.data.prepare csv:/data/reviews            # train.csv [test.csv]
   python -m merlin_jax.data.prepare glue/mrpc --data_dir=DIR     # a TFDS catalog dataset
+  python -m merlin_jax.data.prepare path/to/my_ds/my_ds_dataset_builder.py --data_dir=DIR
   python -m merlin_jax.data.prepare imagenet2012 --manual_dir=TARS --file_format=array_record
 
 Writes TFDS files under --data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets), the
@@ -17,7 +18,11 @@ Writes TFDS files under --data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_data
 `builder.download_and_prepare` (it downloads, here and only here; --manual_dir for those
 with manual downloads): what `tfds build` does, without its CLI's Apache Beam dependency
 (`tfds build` and even `tfds --help` need apache_beam, which the project does not install).
-Own data (`folder:`, `csv:`, `jsonl:`): see merlin_jax/data/own_data.py.
+Own data (`folder:`, `csv:`, `jsonl:`): see merlin_jax/data/own_data.py. Your own TFDS
+builder: its file (or its folder `my_ds/` holding `my_ds_dataset_builder.py`), loaded the
+way `tfds build` loads one (as `my_ds.my_ds_dataset_builder`, so it need not be a package);
+a config then names the dataset by its builder's name (`data.target.name = 'my_ds'`), read
+from --data_dir.
 
 --file_format=array_record: a dataset streamed as a source (`data.source.in_memory=False`)
 is then read by index, so a resumed run continues its exact sample order in O(1), on any
@@ -64,6 +69,12 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
     elif file_format and file_format not in tfds_io.file_formats(builder):
       tfds_io.convert_format(builder, file_format)
     return str(builder.data_dir)
+  script = _builder_script(name)
+  if script is not None:   # the user's own builder file
+    builder = _script_builder_cls(script)(data_dir=data_dir, file_format=file_format)
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+    return builder.data_dir
   base = tfds_io.base_name(name)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -85,6 +96,45 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
     raise DataError(f"dataset {name!r}: {tfds_io.first_line(e)} (give --manual_dir=DIR with "
                     f"the files its TFDS catalog page names)") from None
   return builder.data_dir
+
+
+def _builder_script(name: str) -> str | None:
+  """The builder file `name` points at: a .py file, or a folder `x/` with
+  `x_dataset_builder.py` (or `x.py`) in it; None for a dataset name."""
+  import os
+  if name.endswith(".py"):
+    if not os.path.isfile(name):
+      raise DataError(f"builder file {name} not found")
+    return os.path.abspath(name)
+  if os.path.isdir(name):
+    stem = os.path.basename(os.path.abspath(name))
+    for f in (f"{stem}_dataset_builder.py", f"{stem}.py"):
+      if os.path.isfile(os.path.join(name, f)):
+        return os.path.abspath(os.path.join(name, f))
+    raise DataError(f"folder {name}: no {stem}_dataset_builder.py in it")
+  return None
+
+
+def _script_builder_cls(path: str):
+  """The DatasetBuilder class of a builder file, imported as TFDS's CLI does: as
+  `folder.module` from the folder's parent (relative imports and the files beside it work
+  without an __init__.py), else as a top-level module."""
+  import importlib
+  import os
+  from merlin_jax.data import tfds_io
+  tfds = tfds_io.import_tfds()
+  folder, module = os.path.split(path[:-3])
+  try:
+    with tfds.core.utils.add_sys_path(os.path.dirname(folder)):
+      return tfds.core.community.builder_cls_from_module(
+          f"{os.path.basename(folder)}.{module}")
+  except ImportError:
+    importlib.invalidate_caches()
+  try:
+    with tfds.core.utils.add_sys_path(folder):
+      return tfds.core.community.builder_cls_from_module(module)
+  except (ImportError, ValueError) as e:
+    raise DataError(f"builder file {path}: {tfds_io.first_line(e)}") from None
 
 
 def main(argv):
