@@ -185,8 +185,11 @@ def prepare(name: str, data_dir: str = "", file_format: str | None = None):
               for s, rs in rows.items()}
   stale = os.path.join(dd, tfds_name(name), _VERSION)
   gfile = tfds_io.import_tf().io.gfile
-  if gfile.exists(stale):   # the files changed since (_prepared): TFDS will not overwrite
-    gfile.rmtree(stale)
+  if gfile.exists(os.path.join(stale, "dataset_info.json")):
+    again = _prepared(name, data_dir)
+    if again is not None:   # prepared meanwhile (another process), and current
+      return again
+    gfile.rmtree(stale)     # the files changed since: TFDS will not overwrite
   builder = tfds.dataset_builders.store_as_tfds_dataset(
       name=tfds_name(name), version=_VERSION, features=features, split_datasets=splits,
       data_dir=dd, file_format=file_format, disable_shuffling=True,
@@ -200,5 +203,14 @@ def get_builder(name: str, data_dir: str = ""):
   if builder is None:
     logging.info("Preparing %s into TFDS format in %s (once; local files only).", name,
                  data_dir or tfds_io.default_data_dir())
-    builder = prepare(name, data_dir)
+    try:
+      builder = prepare(name, data_dir)
+    except DataError:
+      raise
+    except Exception:  # pylint: disable=broad-except
+      # Several processes preparing into one shared data dir: the loser of TFDS's rename
+      # finds the dataset prepared.
+      builder = _prepared(name, data_dir)
+      if builder is None:
+        raise
   return builder
