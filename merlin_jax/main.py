@@ -78,7 +78,9 @@ def _flag_error(e: Exception, argv) -> str:
             "those of merlin_jax/config_base.py)")
   if isinstance(e, OSError):                       # the config file: missing or failing
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return f"cannot load --config={path}: {lines[-1] if lines else type(e).__name__}"
+    from merlin_jax import config_names
+    hint = f" ({config_names.missing_hint()})" if "No such file" in str(e) else ""
+    return f"cannot load --config={path}: {lines[-1] if lines else type(e).__name__}{hint}"
   return str(e)                                    # absl's flags.Error: names the flag
 
 

@@ -190,3 +190,12 @@ def test_a_csv_text_target_through_the_text_pipeline(tmp_path):
   assert d.target_class_names == ("no", "yes")
   assert d.target_train["inputs"]["input_ids"].shape[0] == 20
   assert sum(int(b["mask"].sum()) for b in d.eval_batches("target_test", 8)) == 10
+
+
+def test_a_missing_config_names_the_shipped_ones(tmp_path, capfd, monkeypatch):
+  from tests.test_cli import assert_one_line_error, run_cli
+  monkeypatch.chdir(tmp_path)   # outside the repo: configs/digits.py is not here
+  code, err = run_cli([], capfd, config="configs/digits.py:local", workdir=str(tmp_path / "w"))
+  line = assert_one_line_error(code, err, "cannot load --config=configs/digits.py:local")
+  assert "give a shipped config by name (digits, " in line
+  assert not (tmp_path / "w").exists()
