@@ -81,13 +81,14 @@ def plot_learning_curve(workdir: str, records: list[dict], title: str) -> str | 
   final = next((r for r in reversed(records) if r.get("final")), None)
   if not evals:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
+  # A Figure without pyplot: no backend is chosen or switched, so a notebook that trains
+  # in its kernel keeps its inline plots.
+  from matplotlib.figure import Figure
   train = [r for r in records if "loss" in r and "target_val_accuracy" not in r
            and not r.get("final")]
   steps = [r["step"] for r in evals]
-  fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig = Figure(figsize=(10, 3.8))
+  ax_acc, ax_loss = fig.subplots(1, 2)
   ax_acc.plot(steps, [r["target_val_accuracy"] for r in evals], "o-", color="C0", ms=3,
               label="target validation accuracy")
   ax_acc.set_xlabel("training step")
@@ -117,7 +118,6 @@ def plot_learning_curve(workdir: str, records: list[dict], title: str) -> str | 
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
-  plt.close(fig)
   path = fs.join(workdir, FIGURE)
   fs.write_bytes(path, buf.getvalue())
   return path

@@ -80,3 +80,12 @@ def test_a_run_tells_where_everything_is_and_shows_itself(tmp_path, capfd, caplo
           hparams.update(data.session_start_info.hparams)
   assert hparams["method"].string_value == "merlin", events
   assert hparams["optimizer.lr"].number_value > 0
+
+
+def test_the_figure_leaves_matplotlibs_backend_alone(tmp_path):
+  """A notebook trains in its kernel: plotting the curve must not switch its inline backend."""
+  import matplotlib
+  before = matplotlib.get_backend()
+  records = [{"step": 0, "target_val_accuracy": 0.1}, {"step": 5, "target_val_accuracy": 0.5}]
+  assert run_report.plot_learning_curve(str(tmp_path), records, "t")
+  assert matplotlib.get_backend() == before
