@@ -55,14 +55,22 @@ def _text(cell) -> str:
   return "".join(out)
 
 
-def test_stored_without_outputs():
+def test_stored_with_the_outputs_of_its_own_parameters():
+  """A reader of the repository sees the figures: the notebook is committed executed, top
+  to bottom in order, with its own parameters (no injected cell), every code cell run."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbformat.validate(nb)
   _parameters_cell(nb)
-  for cell in nb.cells:
-    if cell.cell_type == "code":
-      assert not cell.outputs and cell.execution_count is None, "store the notebook cleared"
-  assert os.path.getsize(NOTEBOOK) < 100_000
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert not [c for c in code if "injected-parameters" in c.metadata.get("tags", [])]
+  assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run it in order"
+  assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+  figures = [o for c in code for o in c.outputs if "data" in o and "image/png" in o.data]
+  assert len(figures) >= 4, "commit it with its figures (curves, features, inner loop, meta)"
+  text = "\n".join(_text(c) for c in code)
+  for method in ("merlin", "joint"):
+    assert re.search(rf"^{method}: target test accuracy [0-9.]+", text, re.M), method
+  assert os.path.getsize(NOTEBOOK) < 1_500_000
 
 
 def test_notebook_runs_on_the_synthetic_pair(tmp_path):
