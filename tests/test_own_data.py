@@ -137,9 +137,12 @@ def readme_block(marker):
   return [l.split(" #")[0].strip() for l in lines if l.strip() and not l.startswith("#")]
 
 
-def test_readme_own_images_block_runs_end_to_end(tmp_path):
+def test_readme_own_images_block_runs_end_to_end(tmp_path, capfd):
   """The README's folder -> prepare -> train -> predict block, on 2 x 12 tiny images and a
-  few steps (the source shrunk to printed_digits/tiny)."""
+  few steps (the source shrunk to printed_digits/tiny). The two CLIs run as written; the
+  training line runs in this process (`python -m merlin_jax.main`'s own entry point, as
+  tests/test_cli.py does: one interpreter start less)."""
+  from tests.test_cli import run_cli
   write_image_folder(str(tmp_path / "xray"), size=(28, 28))   # the model's size
   lines = readme_block("<!-- own-images -->")
   assert [l.split()[2] for l in lines] == ["merlin_jax.data.prepare", "merlin_jax.main",
@@ -155,7 +158,11 @@ def test_readme_own_images_block_runs_end_to_end(tmp_path):
     cmd = line.replace("/data/xray", str(tmp_path / "xray")).replace(
         "/tmp/merlin/xray", str(tmp_path / "run")).replace("python ", f"{sys.executable} ", 1)
     if "merlin_jax.main" in cmd:
-      cmd += small
+      args = [a.replace("$DATA", env["DATA"]) for a in (cmd + small).split()[3:]]
+      code, err = run_cli(args, capfd, config=None)
+      assert code == 0, err[-3000:]
+      outs.append(err)
+      continue
     out = subprocess.run(["bash", "-c", cmd], env=env, cwd=str(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (cmd, out.stderr[-3000:])
