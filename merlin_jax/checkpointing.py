@@ -208,6 +208,15 @@ def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None)
   return None, target
 
 
+def keep_only(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Deletes every step of `mngr` but `step` (when `step` is there)."""
+  steps = mngr.all_steps()
+  if step in steps:
+    for s in steps:
+      if s != step:
+        mngr.delete(s)
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return text.splitlines()[0][:300] if text else ""
@@ -252,14 +261,14 @@ def export_safetensors(path: str, tree, metadata: dict[str, str] | None = None) 
   tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return
-  if not fs.is_local(path):   # one object write (atomic there); the same bytes as save_file
-    from safetensors.numpy import save
-    fs.write_bytes(path, save(flatten(tree), metadata=metadata))
-    return
-  from safetensors.numpy import save_file
-  tmp = path + ".tmp"
-  save_file(flatten(tree), tmp, metadata=metadata)
-  os.replace(tmp, path)  # atomic: never a half-written weights file
+  from merlin_jax import export
+  from safetensors.numpy import save
+  flat = flatten(tree)
+  if metadata and export.KEY in metadata:   # its digest, checked at load
+    metadata = export.seal(metadata, flat)
+  # Bytes through fs.write_bytes: atomic (never a half-written weights file) on a disk and
+  # on an object store, and created with the user's umask (safetensors' save_file: 0600).
+  fs.write_bytes(path, save(flat, metadata=metadata))
 
 
 def load_safetensors(path: str, what: str = "weights file",
@@ -271,10 +280,19 @@ def load_safetensors(path: str, what: str = "weights file",
   if not fs.is_file(path):
     raise UserError(f"{what} {path} does not exist; {missing_hint}")
   try:
-    return load_file(path) if fs.is_local(path) else load(fs.read_bytes(path))
+    flat = load_file(path) if fs.is_local(path) else load(fs.read_bytes(path))
   except Exception as e:  # noqa: BLE001
     raise UserError(f"{what} {path} is not a readable safetensors file ({type(e).__name__}); "
                     "re-export it or point config.pretrained.path at another file") from None
+  from merlin_jax import export   # an export's digest (a flipped byte must not load)
+  meta = export.header_metadata(path)
+  if export.KEY in meta:
+    try:
+      fields = json.loads(meta[export.KEY])
+    except ValueError:
+      fields = {"format": export.FORMAT}   # unparsable: cannot match any digest
+    export.verify(path, flat, fields if isinstance(fields, dict) else {"format": export.FORMAT})
+  return flat
 
 
 def fill_from_flat(target, flat: dict[str, np.ndarray], prefix: str, source: str,
