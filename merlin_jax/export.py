@@ -132,6 +132,7 @@ def resolve(path: str) -> str:
   says why (an unfinished run, or not a workdir)."""
   from merlin_jax import checkpointing, fs
   from merlin_jax.errors import UserError
+  fs.check_reachable(path)   # seconds, not the storage client's minute of retries
   if not fs.is_dir(path):
     if not fs.exists(path):
       raise UserError(f"model {path} does not exist; give the workdir of a finished run or "

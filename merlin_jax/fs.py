@@ -166,6 +166,39 @@ def remove_dir_if_empty(path) -> None:
     os.rmdir(path)
 
 
+# --- reachability: fail in seconds, not after the client's minute of retries ---------------
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_reachable(path, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+  """For a gs:// path: StorageError unless the storage endpoint answers HTTP within
+  `timeout_s` (any answer, an auth error included: the network works). gcsfs retries a
+  refused connection for about a minute before it gives up; this says so in seconds."""
+  import urllib.error
+  import urllib.request
+  from merlin_jax.errors import StorageError
+  path = os.fspath(path)
+  if not path.startswith("gs://"):
+    return
+  endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+  if not endpoint.startswith(("http://", "https://")):
+    endpoint = "http://" + endpoint
+  bucket = path[len("gs://"):].split("/", 1)[0]
+  try:
+    urllib.request.urlopen(f"{endpoint.rstrip('/')}/storage/v1/b/{bucket}",
+                           timeout=timeout_s).close()
+  except urllib.error.HTTPError:
+    return   # it answered
+  except (OSError, ValueError) as e:   # URLError, refused, timed out, no route, DNS
+    reason = getattr(e, "reason", e)
+    raise StorageError(
+        f"storage unreachable: {path} (endpoint {endpoint}) did not answer within "
+        f"{timeout_s:.0f} s ({type(reason).__name__}: {' '.join(str(reason).split())[:120]}); "
+        "check the network and the endpoint (STORAGE_EMULATOR_HOST for an emulator), then "
+        "rerun the same command") from None
+
+
 # --- a lock where there are no locks ----------------------------------------------------
 
 LOCK_RENEW_S = 30    # the holder rewrites its lock object this often

@@ -176,6 +176,7 @@ def _check_remote(workdir: str) -> bool:
   """A workdir URI (gs://bucket/dir): reachable and writable? (Object stores have no
   directories: nothing to create, and a missing bucket is not created.) -> False."""
   probe = fs.join(workdir, f".write_test.{jax.process_index()}")
+  fs.check_reachable(workdir)   # unreachable: one line in seconds
   try:
     fs.write_text(probe, "ok")
     fs.remove(probe)
