@@ -25,9 +25,11 @@ import re
 import sys
 
 # Signals first (before the heavy imports below): a SIGTERM / Ctrl-C in the first instants
-# is recorded and ends the run with exit 75 and a message, not 143 and nothing.
+# is recorded and ends the run with exit 75 and a message, not 143 and nothing. (As a
+# program only: imported, e.g. by tests, it leaves the process's signals alone.)
 from merlin_jax import preemption  # noqa: E402  (numpy only)
-preemption.install_early()
+if __name__ == "__main__":
+  preemption.install_early()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -112,7 +114,6 @@ def run(argv=None):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
   # The error boundary (merlin_jax/boundary.py): every failure is one line and an exit
   # status of the docstring's table.
   with boundary.cli("merlin_jax", where=_WORKDIR.value):
@@ -127,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
   run()
