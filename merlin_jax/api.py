@@ -158,7 +158,9 @@ class Model:
     """An image array of any contract shape -> model inputs (uint8 rows at the model's size
     pass as they are: the backbone scales them exactly as in training)."""
     c = self.input_spec["channels"]
-    if x.ndim in (2, 3) and (x.ndim == 2 or x.shape[-1] in (1, 3, 4)):
+    if x.ndim == 2:
+      x = x[None, ..., None]           # one gray image: a batch of one
+    elif x.ndim == 3 and x.shape[-1] in (1, 3, 4):
       x = x[None]                      # one image: a batch of one
     elif x.ndim == 3:
       x = x[..., None]                 # a batch of gray images [N, H, W]
