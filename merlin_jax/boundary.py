@@ -181,7 +181,12 @@ def flags_parser(prog: str):
   def parse(argv):
     from absl import flags
     try:
-      return flags.FLAGS(argv)
+      rest = flags.FLAGS(argv)
+      for name in list(flags.FLAGS):   # a config file loads lazily: missing or failing here,
+        flag = flags.FLAGS[name]       # not in the middle of main
+        if type(flag).__name__ == "_ConfigFlag" and flag.value is not None:
+          flag.value.keys()
+      return rest
     except Exception as e:  # noqa: BLE001 - flags.Error, a failing config file, ...
       if verbose(argv):
         raise
