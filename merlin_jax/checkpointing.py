@@ -31,9 +31,23 @@ EXPORT = "model.safetensors"
 
 
 def make_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  if not fs.is_local(directory):
+    _bound_tensorstore_retries()
   return ocp.CheckpointManager(
       os.path.abspath(directory) if fs.is_local(directory) else directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+def _bound_tensorstore_retries() -> None:
+  """Orbax writes array data through tensorstore, whose GCS driver retries a failed request
+  32 times with delays up to 32 s: a save on a lost bucket then hangs for many minutes.
+  Bounded like gcsfs's (fs.GCS_RETRIES): a lost bucket fails the save in seconds (exit 74;
+  rerunning resumes from the last good checkpoint). Orbax builds every tensorstore context
+  from these module dicts (tensorstore_utils.get_ts_context)."""
+  from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+  retries = {"max_retries": fs.GCS_RETRIES, "initial_delay": "1s", "max_delay": "4s"}
+  for context in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):  # noqa: SLF001
+    context.setdefault("gcs_request_retries", retries)
 
 
 def abstract_like(tree):

@@ -30,9 +30,9 @@ from tests.test_gcs import BUCKET, _binary, _free_port, _plain_gcsfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
-# Long enough (~20 s on 2 cores) that the fault lands mid-run: an eval (a metrics.jsonl
+# Long enough (~10 s on 2 cores) that the fault lands mid-run: an eval (a metrics.jsonl
 # rewrite) every 5 steps, a checkpoint every 10.
-RUN = {"method": "joint", "total_steps": 150, "checkpoint_every": 10, "eval.every": 5}
+RUN = {"method": "joint", "total_steps": 60, "checkpoint_every": 10, "eval.every": 5}
 FAULT_TO_EXIT_S = 30   # the bound asserted (measured: ~10 s; gcsfs alone retried ~63 s/call)
 
 
