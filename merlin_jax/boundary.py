@@ -158,6 +158,13 @@ def report(prog: str, e: BaseException) -> int:
   return code
 
 
+# Set by a program's __main__ (not by tests that call it in-process): after a storage fault
+# the process ends with os._exit once its line is printed. A normal exit would tear down the
+# interpreter under the storage clients' threads, whose event loops then print pages of
+# "Event loop is closed" tracebacks after the line; nothing is left to save by then.
+HARD_EXIT_ON_STORAGE_FAULT = False
+
+
 @contextlib.contextmanager
 def cli(prog: str, where: str = ""):
   """The body of a command line: any exception -> one line and its exit status (module
@@ -172,7 +179,13 @@ def cli(prog: str, where: str = ""):
       e = storage_fault(e, where) or e
     if verbose() and not isinstance(e, (errors.Preempted, KeyboardInterrupt)):
       raise
-    sys.exit(report(prog, e))
+    code = report(prog, e)
+    if code == STORAGE and HARD_EXIT_ON_STORAGE_FAULT:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 2)   # the line stays the last one printed
+      os._exit(code)
+    sys.exit(code)
 
 
 def flags_parser(prog: str):

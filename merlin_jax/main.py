@@ -129,4 +129,5 @@ def main(argv):
 
 if __name__ == "__main__":
   preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
+  boundary.HARD_EXIT_ON_STORAGE_FAULT = True
   run()

@@ -143,4 +143,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from merlin_jax import boundary   # every failure: one line `merlin_jax: error: ...`
+  boundary.HARD_EXIT_ON_STORAGE_FAULT = True
   app.run(boundary.entry("merlin_jax", main), flags_parser=boundary.flags_parser("merlin_jax"))

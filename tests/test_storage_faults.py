@@ -15,6 +15,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -41,8 +42,16 @@ def _cli(workdir, run=None):
           *[f"--config.{k}={v}" for k, v in (run or RUN).items()]]
 
 
+CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:  .*\n)*?"
+                         r"RuntimeError: Event loop is closed\n")
+
+
 def _one_line(stderr: str, code_seen: int, code: int, fragment: str) -> str:
   assert code_seen == code, stderr[-3000:]
+  # Known library noise, not ours: after orbax's save fails on a full disk, tensorstore
+  # completes its other pending writes into an orbax event loop that already closed, and
+  # prints each callback's RuntimeError itself (in about 1 run of 4 here), before the line.
+  stderr = CLOSED_LOOP.sub("", stderr)
   assert "Traceback" not in stderr, stderr[-3000:]
   lines = [l for l in stderr.splitlines() if l.startswith("merlin_jax:")]
   assert len(lines) == 1 and stderr.strip().splitlines()[-1] == lines[0], stderr[-3000:]
