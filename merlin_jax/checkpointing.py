@@ -222,13 +222,11 @@ def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None)
   return None, target
 
 
-def keep_only(mngr: ocp.CheckpointManager, step: int) -> None:
-  """Deletes every step of `mngr` but `step` (when `step` is there)."""
-  steps = mngr.all_steps()
-  if step in steps:
-    for s in steps:
-      if s != step:
-        mngr.delete(s)
+def keep_only(mngr: ocp.CheckpointManager, steps) -> None:
+  """Deletes every step of `mngr` not in `steps` (process 0 decides, orbax deletes)."""
+  for s in mngr.all_steps():
+    if s not in set(steps):
+      mngr.delete(s)
 
 
 def _first_line(e: Exception) -> str:

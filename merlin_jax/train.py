@@ -205,7 +205,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   def save(step, state):
     checkpointing.save(ckpt, step, state, metadata={
         "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
-        "loss_window": loss_window, "process_count": jax.process_count()})
+        "loss_window": loss_window, "process_count": jax.process_count(),
+        "best_step": int(state.best_step)})
 
   def evaluate_and_select(state):
     nonlocal selected
@@ -335,9 +336,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   writer.write(config.total_steps, final, group="final")
   writer.close()
   ckpt.close()
-  # best/ keeps what a user needs: the selected model (the step the export came from), not
-  # every improvement on the way (a rerun of the finished run restores that one only).
-  checkpointing.keep_only(best_mngr, int(state.best_step))
+  # best/ keeps what a user needs: the selected model (the step the export came from) and
+  # the selections of the kept checkpoints (a resume from one of them restores its own), not
+  # every improvement on the way.
+  needed = {int(state.best_step)} | {
+      checkpointing.step_metadata(os.fspath(ckpt.directory), s).get("best_step", -1)
+      for s in ckpt.all_steps()}
+  if -1 not in needed:   # a checkpoint that does not say (an older version): keep all
+    checkpointing.keep_only(best_mngr, needed)
   best_mngr.close()
   logging.info("%s: target test accuracy %.4f (model from step %d, target val accuracy %.4f)",
                method.name, final.get("target_test_accuracy", float("nan")),

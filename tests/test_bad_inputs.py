@@ -27,6 +27,7 @@ import pytest
 
 from merlin_jax import checkpointing, export, train
 from merlin_jax.errors import DamagedError, InputError, StorageError, UserError
+from merlin_jax.metrics import read_jsonl
 from tests import fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,8 +87,16 @@ def test_a_finished_workdir_keeps_what_a_user_needs(run):
   final = train.final_metrics(workdir)
   # The export follows the umask (safetensors' save_file made it 0600).
   assert oct(os.stat(os.path.join(workdir, checkpointing.EXPORT)).st_mode & 0o777) == "0o644"
-  # best/ keeps the selected step, not every improvement on the way.
-  assert os.listdir(os.path.join(workdir, checkpointing.BEST)) == [str(final["selected_step"])]
+  # best/ keeps the selected step (and the kept checkpoints' selections, for a resume from
+  # them), not every improvement on the way.
+  ckpts = os.path.join(workdir, checkpointing.CHECKPOINTS)
+  needed = {final["selected_step"]} | {
+      checkpointing.step_metadata(ckpts, int(s))["best_step"] for s in os.listdir(ckpts)}
+  evals = [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+           if "target_val_accuracy" in r]
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, checkpointing.BEST))) == sorted(
+      needed)
+  assert len(needed) <= len(os.listdir(ckpts)) + 1 and len(evals) >= 2
   # No lock litter, no temporary files.
   names = os.listdir(workdir)
   assert ".lock" not in names and not [n for n in names if n.endswith(".tmp")], names
