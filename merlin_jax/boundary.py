@@ -47,7 +47,8 @@ _FULL = {errno.ENOSPC: "the disk is full", errno.EFBIG: "a file size limit was r
 _NETWORK_TEXT = ("Cannot connect to host", "Connection refused", "UNAVAILABLE",
                  "Max retries exceeded", "Connection reset", "ServerDisconnected",
                  "Failed to establish a new connection", "DEADLINE_EXCEEDED",
-                 "Temporary failure in name resolution", "timed out")
+                 "Temporary failure in name resolution", "timed out",
+                 "Could not connect to server", "curl_code=")   # tensorstore (curl)
 _DISK_TEXT = ("No space left on device", "File too large", "Disk quota exceeded",
               "Read-only file system", "RESOURCE_EXHAUSTED")
 
