@@ -356,3 +356,34 @@ def test_raw_8x8_digits_scans_predict_like_the_evaluated_images(tmp_path):
   # Without the recorded resize (TF bilinear straight to 28) the answers differ.
   model.input_spec.pop("stored")
   assert not np.array_equal(model.predict(raw), model.predict(stored))
+
+
+def test_storage_faults_are_classified_from_any_layer():
+  """The failures seen from gcsfs/aiohttp, tensorstore (curl) and the OS become one-line
+  StorageErrors (exit 74); anything else stays what it is (a bug: exit 1)."""
+  import errno
+  from merlin_jax import boundary
+  cases = {
+      "storage full": [OSError(errno.ENOSPC, "No space left on device"),
+                       OSError(errno.EFBIG, "File too large"),
+                       ValueError('OUT_OF_RANGE: Error writing "x": Failed to write 1907 bytes '
+                                  "to file 8: File too large [os_error_code='27']")],
+      "storage unreachable": [
+          ConnectionRefusedError(111, "Connection refused"),
+          ValueError("ABORTED: Error writing gs://b/x: All 3 retry attempts failed: CURL error "
+                     "Could not connect to server [curl_code='7']"),
+          RuntimeError("Cannot connect to host 127.0.0.1:1 ssl:default")],
+  }
+  for fragment, errors in cases.items():
+    for e in errors:
+      try:   # a chain, as the layers raise them
+        try:
+          raise e
+        except Exception as inner:  # noqa: BLE001
+          raise RuntimeError("save failed") from inner
+      except RuntimeError as outer:
+        fault = boundary.storage_fault(outer, "gs://b/x")
+      assert fault is not None and str(fault).startswith(fragment), (e, fault)
+      assert boundary.exit_code(fault) == 74 and "\n" not in str(fault)
+  assert boundary.storage_fault(ValueError("shapes do not match")) is None
+  assert boundary.exit_code(ValueError("x")) == 1
