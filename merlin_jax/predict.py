@@ -17,7 +17,6 @@ status 2 (a damaged model file: 'damaged: ...'); unreachable storage: one line, 
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
 
