@@ -31,9 +31,23 @@ EXPORT = "model.safetensors"
 
 
 def make_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  if not fs.is_local(directory):
+    _bound_tensorstore_retries()
   return ocp.CheckpointManager(
       os.path.abspath(directory) if fs.is_local(directory) else directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+def _bound_tensorstore_retries() -> None:
+  """Orbax writes array data through tensorstore, whose GCS driver retries a failed request
+  32 times with delays up to 32 s: a save on a lost bucket then hangs for many minutes.
+  Bounded like gcsfs's (fs.GCS_RETRIES): a lost bucket fails the save in seconds (exit 74;
+  rerunning resumes from the last good checkpoint). Orbax builds every tensorstore context
+  from these module dicts (tensorstore_utils.get_ts_context)."""
+  from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+  retries = {"max_retries": fs.GCS_RETRIES, "initial_delay": "1s", "max_delay": "4s"}
+  for context in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):  # noqa: SLF001
+    context.setdefault("gcs_request_retries", retries)
 
 
 def abstract_like(tree):
@@ -208,6 +222,13 @@ def restore_latest(mngr: ocp.CheckpointManager, target, step: int | None = None)
   return None, target
 
 
+def keep_only(mngr: ocp.CheckpointManager, steps) -> None:
+  """Deletes every step of `mngr` not in `steps` (process 0 decides, orbax deletes)."""
+  for s in mngr.all_steps():
+    if s not in set(steps):
+      mngr.delete(s)
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return text.splitlines()[0][:300] if text else ""
@@ -252,14 +273,14 @@ def export_safetensors(path: str, tree, metadata: dict[str, str] | None = None) 
   tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return
-  if not fs.is_local(path):   # one object write (atomic there); the same bytes as save_file
-    from safetensors.numpy import save
-    fs.write_bytes(path, save(flatten(tree), metadata=metadata))
-    return
-  from safetensors.numpy import save_file
-  tmp = path + ".tmp"
-  save_file(flatten(tree), tmp, metadata=metadata)
-  os.replace(tmp, path)  # atomic: never a half-written weights file
+  from merlin_jax import export
+  from safetensors.numpy import save
+  flat = flatten(tree)
+  if metadata and export.KEY in metadata:   # its digest, checked at load
+    metadata = export.seal(metadata, flat)
+  # Bytes through fs.write_bytes: atomic (never a half-written weights file) on a disk and
+  # on an object store, and created with the user's umask (safetensors' save_file: 0600).
+  fs.write_bytes(path, save(flat, metadata=metadata))
 
 
 def load_safetensors(path: str, what: str = "weights file",
@@ -271,10 +292,19 @@ def load_safetensors(path: str, what: str = "weights file",
   if not fs.is_file(path):
     raise UserError(f"{what} {path} does not exist; {missing_hint}")
   try:
-    return load_file(path) if fs.is_local(path) else load(fs.read_bytes(path))
+    flat = load_file(path) if fs.is_local(path) else load(fs.read_bytes(path))
   except Exception as e:  # noqa: BLE001
     raise UserError(f"{what} {path} is not a readable safetensors file ({type(e).__name__}); "
                     "re-export it or point config.pretrained.path at another file") from None
+  from merlin_jax import export   # an export's digest (a flipped byte must not load)
+  meta = export.header_metadata(path)
+  if export.KEY in meta:
+    try:
+      fields = json.loads(meta[export.KEY])
+    except ValueError:
+      fields = {"format": export.FORMAT}   # unparsable: cannot match any digest
+    export.verify(path, flat, fields if isinstance(fields, dict) else {"format": export.FORMAT})
+  return flat
 
 
 def fill_from_flat(target, flat: dict[str, np.ndarray], prefix: str, source: str,

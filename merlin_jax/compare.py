@@ -81,4 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from merlin_jax import boundary   # every failure: one line and its exit status
+  app.run(boundary.entry("merlin_jax.compare", main),
+          flags_parser=boundary.flags_parser("merlin_jax.compare"))

@@ -34,11 +34,38 @@ class Preempted(Exception):
   PREEMPTED_EXIT_CODE. step=None: a driver of several runs (compare, the suite) stopped
   before starting the run in `directory`, the signal having come during the previous one."""
 
-  def __init__(self, step: int | None, directory: str):
+  def __init__(self, step: int | None, directory: str, before_start: bool = False):
     self.step, self.directory = step, directory
-    if step is None:
+    if before_start:   # a signal during start-up, before anything was written
+      super().__init__(f"stopped before the run in {directory} started (a stop was "
+                       "requested during start-up; nothing written); rerun the same command "
+                       "to start it")
+    elif step is None:
       super().__init__(f"stopped before the run in {directory} (a stop was requested during "
                        "the previous run, which finished); rerun the same command to go on")
     else:
       super().__init__(f"preempted at step {step}: checkpoint saved in {directory}; rerun "
                        "the same command to resume")
+
+
+class InputError(UserError):
+  """Inputs given to a loaded model (`Model.predict`/`features`/`logits`) that it cannot
+  take as given: the message says what it takes."""
+
+
+class DamagedError(UserError):
+  """A file changed since it was written (a digest mismatch, a torn or unparsable header):
+  the message starts with 'damaged: ' and names the file."""
+
+  def __init__(self, path: str, what: str):
+    self.path = path
+    super().__init__(f"damaged: {path} {what}; restore it from a copy or re-export it "
+                     "(rerun the final evaluation of its run)")
+
+
+STORAGE_EXIT_CODE = 74   # EX_IOERR: storage unreachable or full; fix it, rerun to resume
+
+
+class StorageError(UserError):
+  """The storage of a workdir or model (a bucket, a disk) failed: unreachable, full,
+  read-only. Nothing saved before is harmed; once fixed, the same command resumes."""

@@ -56,7 +56,35 @@ def join(path, *parts: str) -> str:
 
 
 def as_path(path) -> epath.Path:
-  return epath.Path(os.fspath(path))
+  path = os.fspath(path)
+  if not is_local(path):
+    _bound_gcs_retries()
+  return epath.Path(path)
+
+
+# gcsfs retries a failed request 6 times with a backoff of 1 + 2 + ... + 32 s: a minute per
+# call when the storage is gone, several minutes for a run that makes a few calls on its way
+# out. GCS_RETRIES (MERLIN_JAX_GCS_RETRIES) tries bound that to ~1 + 2 s per call; a blip
+# longer than that fails the run with exit 74, and rerunning resumes from the last checkpoint.
+GCS_RETRIES = int(os.environ.get("MERLIN_JAX_GCS_RETRIES", "3"))
+_gcs_bounded = False
+
+
+def _bound_gcs_retries() -> None:
+  global _gcs_bounded
+  if _gcs_bounded:
+    return
+  _gcs_bounded = True
+  try:
+    import gcsfs.core
+    import gcsfs.retry
+  except ImportError:
+    return
+  cls = gcsfs.core.GCSFileSystem
+  for name in ("_request", "_get_file_request", "_get_file_concurrent"):
+    inner = getattr(getattr(cls, name, None), "__wrapped__", None)
+    if inner is not None:   # the undecorated coroutine, re-decorated with fewer tries
+      setattr(cls, name, gcsfs.retry.retry_request(retries=GCS_RETRIES)(inner))
 
 
 def exists(path) -> bool:
@@ -166,11 +194,58 @@ def remove_dir_if_empty(path) -> None:
     os.rmdir(path)
 
 
+# --- reachability: fail in seconds, not after the client's minute of retries ---------------
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_reachable(path, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+  """For a gs:// path: StorageError unless the storage endpoint answers HTTP within
+  `timeout_s` (any answer, an auth error included: the network works). gcsfs retries a
+  refused connection for about a minute before it gives up; this says so in seconds."""
+  import urllib.error
+  import urllib.request
+  from merlin_jax.errors import StorageError
+  path = os.fspath(path)
+  if not path.startswith("gs://"):
+    return
+  endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+  if not endpoint.startswith(("http://", "https://")):
+    endpoint = "http://" + endpoint
+  bucket = path[len("gs://"):].split("/", 1)[0]
+  try:
+    urllib.request.urlopen(f"{endpoint.rstrip('/')}/storage/v1/b/{bucket}",
+                           timeout=timeout_s).close()
+  except urllib.error.HTTPError:
+    return   # it answered
+  except (OSError, ValueError) as e:   # URLError, refused, timed out, no route, DNS
+    reason = getattr(e, "reason", e)
+    raise StorageError(
+        f"storage unreachable: {path} (endpoint {endpoint}) did not answer within "
+        f"{timeout_s:.0f} s ({type(reason).__name__}: {' '.join(str(reason).split())[:120]}); "
+        "check the network and the endpoint (STORAGE_EMULATOR_HOST for an emulator), then "
+        "rerun the same command") from None
+
+
 # --- a lock where there are no locks ----------------------------------------------------
 
 LOCK_RENEW_S = 30    # the holder rewrites its lock object this often
 LOCK_STALE_S = 120   # not renewed for this long: its holder is gone (kill -9), taken over
 LOCK_CHECK_S = 1.0   # pause between writing the lock object and reading it back
+
+
+def _holder_gone(held: dict) -> bool:
+  """The lock's holder ran on this host and that process no longer exists."""
+  import socket
+  if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+    return False
+  try:
+    os.kill(held["pid"], 0)
+  except ProcessLookupError:
+    return True
+  except OSError:   # exists (another user's)
+    return False
+  return False
 
 
 class ObjectLock:
@@ -208,7 +283,11 @@ class ObjectLock:
     renewed (None: it took the lock at the same moment as this process)."""
     held = self._read()
     age = time.time() - float(held.get("renewed", 0)) if held else None
-    if held and age < LOCK_STALE_S:
+    if held and age < LOCK_STALE_S and _holder_gone(held):
+      logging.warning("taking over the lock %s of pid %s on this host, which is gone (it "
+                      "could not delete its lock: storage lost, or kill -9)", self.path,
+                      held.get("pid"))
+    elif held and age < LOCK_STALE_S:
       if not force:
         return dict(held, age_s=age)
       logging.warning("taking over the lock %s held by pid %s on host %s (renewed %.0f s "
@@ -228,6 +307,7 @@ class ObjectLock:
     return None
 
   def _renew(self) -> None:
+    renewed = time.time()
     while not self._stop.wait(LOCK_RENEW_S):
       try:
         held = self._read()
@@ -237,16 +317,37 @@ class ObjectLock:
                           held.get("host"))
           return
         self._write()
+        renewed = time.time()
       except Exception as e:  # noqa: BLE001 - a network blip: try again next time
-        logging.warning("could not renew the lock %s (%s)", self.path, e)
+        logging.warning("could not renew the lock %s (%s)", self.path, " ".join(str(e).split()))
+        if time.time() - renewed > LOCK_STALE_S / 2:   # another run may take it over soon:
+          self._lost(e)                                # stop this one first
+          return
 
-  def release(self) -> None:
+  def _lost(self, e: Exception) -> None:
+    from merlin_jax import preemption
+    from merlin_jax.errors import StorageError
+    preemption.abort(StorageError(
+        f"storage unreachable: the lock {self.path} could not be renewed for "
+        f"{LOCK_STALE_S / 2:.0f} s ({type(e).__name__}); stopped before another run could "
+        "take the workdir over; check the storage and rerun the same command: it resumes "
+        "from the last good checkpoint"), 74)
+
+  def release(self, timeout_s: float = 10.0) -> None:
+    """Stops renewing and deletes the lock object; bounded by `timeout_s` (storage that is
+    gone must not hold the exit: the object then goes stale by itself)."""
     self._stop.set()
     if self._thread is not None:
-      self._thread.join()
-    try:
-      if (self._read() or {}).get("token") == self.token:
-        remove(self.path)
-    except Exception as e:  # noqa: BLE001 - it goes stale anyway
-      logging.warning("could not delete the lock %s (%s); it goes stale in %d s", self.path,
-                        e, LOCK_STALE_S)
+      self._thread.join(timeout_s)
+
+    def delete():
+      try:
+        if (self._read() or {}).get("token") == self.token:
+          remove(self.path)
+      except Exception as e:  # noqa: BLE001 - it goes stale anyway
+        logging.warning("could not delete the lock %s (%s); it goes stale in %d s",
+                        self.path, " ".join(str(e).split())[:200], LOCK_STALE_S)
+
+    worker = threading.Thread(target=delete, name="merlin_jax-lock-release", daemon=True)
+    worker.start()
+    worker.join(timeout_s)

@@ -10,19 +10,31 @@ status 2; `--verbose` shows the traceback. Exit status:
   0   done (WORKDIR/metrics.jsonl ends with the final metrics)
   2   bad input: nothing already in the workdir was changed
   3   a loss or gradient became NaN/inf: stopped, the last good checkpoint is kept
+  74  storage unreachable, full or read-only (a gs:// bucket, a full disk, `ulimit -f`):
+      the last good checkpoint is kept; fix the storage and rerun the same command to resume
   75  preempted (SIGTERM, or Ctrl-C once): a checkpoint of the current step was saved;
       rerun the same command to resume (EX_TEMPFAIL)
   130 Ctrl-C twice: stopped at once, nothing saved since the last checkpoint
+  1   a bug in merlin_jax: one line too (--verbose for the traceback)
+A stop (SIGTERM, Ctrl-C) is answered within MERLIN_JAX_STOP_GRACE_S seconds (default 25) even
+when the run is stuck, e.g. on storage that does not answer: then exit 75 without saving.
 A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun.
 """
 
 import re
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Signals first (before the heavy imports below): a SIGTERM / Ctrl-C in the first instants
+# is recorded and ends the run with exit 75 and a message, not 143 and nothing. (As a
+# program only: imported, e.g. by tests, it leaves the process's signals alone.)
+from merlin_jax import preemption  # noqa: E402  (numpy only)
+if __name__ == "__main__":
+  preemption.install_early()
 
-from merlin_jax import errors
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from merlin_jax import boundary, errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py), optionally `file.py:arg`.",
@@ -105,30 +117,22 @@ def run(argv=None):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  from merlin_jax.metrics import quiet_library_logs
-  quiet_library_logs()
-  from merlin_jax import run_report   # a first line before the slow imports and loading
-  logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
-  from merlin_jax import train  # after flag parsing: fast --help
-  from merlin_jax import distributed
-  try:
+  # The error boundary (merlin_jax/boundary.py): every failure is one line and an exit
+  # status of the docstring's table.
+  with boundary.cli("merlin_jax", where=_WORKDIR.value):
+    from merlin_jax.metrics import quiet_library_logs
+    quiet_library_logs()
+    from merlin_jax import run_report   # a first line before the slow imports and loading
+    logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
+    from merlin_jax import train  # after flag parsing: fast --help
+    from merlin_jax import distributed
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except KeyboardInterrupt:   # Ctrl-C twice (once saves a checkpoint: Preempted below)
-    _fail("interrupted (second Ctrl-C): stopped without saving; rerun the same command to "
-          "resume from the last checkpoint", INTERRUPTED_EXIT_CODE)
-  except errors.Preempted as e:   # not an error: the run continues when rerun
-    logging.flush()
-    print(f"merlin_jax: {e}", file=sys.stderr, flush=True)
-    sys.exit(PREEMPTED_EXIT_CODE)
-  except (errors.UserError, errors.NonFiniteLossError) as e:
-    if _VERBOSE.value:
-      raise
-    _fail(e, NON_FINITE_EXIT_CODE if isinstance(e, errors.NonFiniteLossError)
-          else BAD_INPUT_EXIT_CODE)
 
 
 if __name__ == "__main__":
+  preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
+  boundary.HARD_EXIT_ON_STORAGE_FAULT = True
   run()

@@ -119,11 +119,16 @@ class _QuietLibraries(pylogging.Filter):
       return False
     if record.exc_info and "/gcsfs/" in record.pathname:
       return False
+    if record.exc_info and any(f"/{lib}/" in record.pathname for lib in _TRACEBACK_LIBS):
+      # orbax logs the traceback of a failed background save, which the run then raises
+      # and reports in one line: its own line stays, the traceback goes.
+      record.exc_info, record.exc_text = None, None
     return record.levelno >= pylogging.WARNING or not any(
         f"/{lib}/" in record.pathname
         for lib in ("orbax", "tensorflow_datasets", "etils", "jax", "gcsfs", "fsspec"))
 
 
+_TRACEBACK_LIBS = ("orbax", "etils", "fsspec", "tensorstore", "absl/logging")
 # Warnings about the libraries' own internals that a user cannot act on.
 _NOISE = ("`FeatureConnector.dtype` is deprecated",)
 

@@ -10,15 +10,17 @@ r"""Label inputs with a trained model; print the accuracy when labels exist.
   python -m merlin_jax.predict --model=WORKDIR --text=FILE
 
 Prints one `name<TAB>class` line per input (unless --quiet), then `accuracy A (N examples)`
-when labels exist. Bad input: one line `merlin_jax: error: ...`, exit status 2.
+when labels exist. Bad input (README "Bad input"): one line `merlin_jax: error: ...`, exit
+status 2 (a damaged model file: 'damaged: ...'); unreachable storage: one line, status 74.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags
+
+from merlin_jax.errors import UserError
 
 _MODEL = flags.DEFINE_string("model", None, "A finished run's workdir or its model.safetensors "
                              "(a local path or a URI such as gs://BUCKET/dir).")
@@ -78,46 +80,55 @@ def _eval_set(model, name: str, data_dir: str):
 
 
 def _text_file(path: str):
-  with open(path) as f:
-    lines = [l.rstrip("\n") for l in f if l.strip()]
+  if not os.path.isfile(path):
+    raise _error(f"--text={path} is not a file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = [l.rstrip("\n") for l in f if l.strip()]
+  except UnicodeDecodeError:
+    raise _error(f"--text={path} is not UTF-8 text") from None
+  if not lines:
+    raise _error(f"--text={path} has no lines")
   return [tuple(l.split("\t", 1)) if "\t" in l else l for l in lines]
 
 
-class _Error(Exception):
-  pass
+def _check_source(model) -> None:
+  """The input flag must suit the model: --text for a text model, images otherwise."""
+  kind = model.input_spec["kind"]
+  if _TEXT.value and kind != "text":
+    raise _error(f"--text: this is an {kind} model (it takes images); use --images, --tfds "
+                 "or --eval_set")
+  if (_IMAGES.value or _TFDS.value) and kind == "text":
+    raise _error("this is a text model; use --text=FILE (one example per line) or --eval_set")
 
 
-def _error(message: str) -> _Error:
-  return _Error(message)
+def _error(message: str) -> UserError:
+  return UserError(message)
 
 
 def main(argv):
   del argv
   import merlin_jax
-  from merlin_jax import errors
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
   sources = [f for f in (_IMAGES, _TFDS, _EVAL_SET, _TEXT) if f.value]
-  try:
-    if len(sources) != 1:
-      raise _error("give exactly one of --images, --tfds, --eval_set, --text")
-    model = merlin_jax.load(_MODEL.value)
-    data_dir = _DATA_DIR.value or model.config.data.data_dir
-    labels, names = None, None
-    if _IMAGES.value:
-      names, labels = _folder(model, _IMAGES.value)
-      inputs = names
-    elif _TFDS.value:
-      inputs, labels = _tfds_split(model, _TFDS.value, data_dir)
-    elif _EVAL_SET.value:
-      inputs, labels = _eval_set(model, _EVAL_SET.value, data_dir)
-    else:
-      inputs = _text_file(_TEXT.value)
-      names = ["\t".join(t) if isinstance(t, tuple) else t for t in inputs]
-    pred = model.predict(inputs)
-  except (_Error, errors.UserError) as e:
-    print(f"merlin_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  if len(sources) != 1:
+    raise _error("give exactly one of --images, --tfds, --eval_set, --text")
+  model = merlin_jax.load(_MODEL.value)
+  _check_source(model)
+  data_dir = _DATA_DIR.value or model.config.data.data_dir
+  labels, names = None, None
+  if _IMAGES.value:
+    names, labels = _folder(model, _IMAGES.value)
+    inputs = names
+  elif _TFDS.value:
+    inputs, labels = _tfds_split(model, _TFDS.value, data_dir)
+  elif _EVAL_SET.value:
+    inputs, labels = _eval_set(model, _EVAL_SET.value, data_dir)
+  else:
+    inputs = _text_file(_TEXT.value)
+    names = ["\t".join(t) if isinstance(t, tuple) else t for t in inputs]
+  pred = model.predict(inputs)
   if not _QUIET.value:
     for i, p in enumerate(pred):
       print(f"{names[i] if names else i}\t{model.classes[int(p)]}")
@@ -130,4 +141,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from merlin_jax import boundary   # every failure: one line `merlin_jax: error: ...`
+  boundary.HARD_EXIT_ON_STORAGE_FAULT = True
+  app.run(boundary.entry("merlin_jax", main), flags_parser=boundary.flags_parser("merlin_jax"))

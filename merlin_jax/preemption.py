@@ -19,7 +19,9 @@ With several processes every process must stop at the same step (the save is col
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 import numpy as np
@@ -28,6 +30,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _requested = threading.Event()
 _depth = 0
 _signum = None
+_early = False      # install_early(): a signal before handle_signals() is kept, not cleared
+_grace_s = None     # arm_watchdog(): the bound on the time from a stop to the exit
+_abort = None       # abort(): an error the train loop raises at its next check
 
 
 def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -36,6 +41,61 @@ def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt   # Ctrl-C twice: the user does not want to wait for the save
   _signum = _signum or signum
   _requested.set()
+  _start_watchdog(75, f"stop requested ({signal.Signals(signum).name}) {{grace}} s ago, but "
+                  "the run did not reach a point where it can save (storage not answering?); "
+                  "exited without saving: rerun the same command to resume from the last "
+                  "checkpoint")
+
+
+def install_early() -> None:
+  """The first thing a command line does (merlin_jax/main.py, before its heavy imports): a
+  SIGTERM or Ctrl-C from the first instant is recorded, and the run stops at its next check
+  with exit 75 instead of dying with 143 and no message."""
+  global _early
+  if threading.current_thread() is threading.main_thread():
+    for s in SIGNALS:
+      signal.signal(s, _handler)
+    _early = True
+
+
+def arm_watchdog(grace_s: float | None = None) -> None:
+  """Bounds the time from a stop (a signal, `abort`) to the exit: a process whose main thread
+  is stuck (e.g. in a storage call retrying for minutes) exits after `grace_s` seconds
+  (MERLIN_JAX_STOP_GRACE_S, default 25: inside a preemption's ~30 s notice) with one line.
+  Command lines only: it ends the process."""
+  global _grace_s
+  _grace_s = float(os.environ.get("MERLIN_JAX_STOP_GRACE_S", 25) if grace_s is None
+                   else grace_s)
+
+
+def _start_watchdog(code: int, line: str) -> None:
+  if _grace_s is None:
+    return
+  grace = _grace_s
+
+  def expire():
+    print(f"merlin_jax: {'error: ' if code != 75 else ''}{line.format(grace=f'{grace:.0f}')}",
+          file=sys.stderr, flush=True)
+    os._exit(code)   # the main thread is stuck: nothing else would end the process
+
+  timer = threading.Timer(grace, expire)
+  timer.daemon = True
+  timer.start()
+
+
+def abort(error: Exception, code: int) -> None:
+  """From a background thread (the object-lock renewal): make the run stop with `error` at
+  its next check (`check_abort`), and exit with `code` after the grace period if it is stuck."""
+  global _abort
+  if _abort is None:
+    _abort = error
+    _start_watchdog(code, str(error) + " (the run was stuck; exited after {grace} s)")
+
+
+def check_abort() -> None:
+  """Raises the error of `abort`, if any (the train loop calls it after every step)."""
+  if _abort is not None:
+    raise _abort
 
 
 def signal_name() -> str:
@@ -52,7 +112,7 @@ def handle_signals():
     yield
     return
   global _signum
-  if _depth == 0:
+  if _depth == 0 and not _early:
     _requested.clear()
     _signum = None
   previous = {s: signal.signal(s, _handler) for s in SIGNALS
@@ -64,7 +124,7 @@ def handle_signals():
     _depth -= 1
     for s, h in previous.items():
       signal.signal(s, h)
-    if _depth == 0:
+    if _depth == 0 and not _early:
       _requested.clear()
       _signum = None
 

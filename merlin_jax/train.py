@@ -110,13 +110,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   with preemption.handle_signals():
     method = checks.validate_config(config)
+    if preemption.is_requested():   # a signal during start-up (main installs the handlers
+      raise Preempted(None, workdir, before_start=True)   # first thing): nothing written
     created = workdir_lib.make_dir(workdir)
     try:
       with workdir_lib.lock(workdir):   # one run per workdir, for the whole run
         return _train_and_evaluate(config, workdir, method)
     except UserError:
-      if created and jax.process_index() == 0:
-        fs.remove_dir_if_empty(workdir)   # a failed start leaves no trace
+      if created and jax.process_index() == 0:   # a failed start leaves no trace
+        for sub in (checkpointing.CHECKPOINTS, checkpointing.BEST):
+          fs.remove_dir_if_empty(fs.join(workdir, sub))
+        fs.remove_dir_if_empty(workdir)
       raise
 
 
@@ -205,7 +209,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   def save(step, state):
     checkpointing.save(ckpt, step, state, metadata={
         "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
-        "loss_window": loss_window, "process_count": jax.process_count()})
+        "loss_window": loss_window, "process_count": jax.process_count(),
+        "best_step": int(state.best_step)})
 
   def evaluate_and_select(state):
     nonlocal selected
@@ -251,7 +256,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
         bad = sorted(k for k, v in m.items() if not np.all(np.isfinite(v)))
         raise NonFiniteLossError(
             f"non-finite value at step {at} in {', '.join(bad) or 'the gradient'}; stopped "
-            f"without saving it (last good checkpoint: step {ckpt.latest_step()}, kept); "
+            f"without saving it ({_kept(ckpt.latest_step())}); "
             "rerun with a lower optimizer.lr or inner.lr in a new --workdir (a workdir holds "
             "one config)")
       loss_window[0] += float(m["loss"])
@@ -275,6 +280,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
     evaluated = done % config.eval.every == 0 or done == config.total_steps
     saving = done % config.checkpoint_every == 0 or done == config.total_steps
     sync = logged or evaluated or saving or step == start_step
+    preemption.check_abort()   # storage lost in the background (the lock's renewal)
     stop = preemption.requested(done, sync=sync)   # collective only at sync points
     if not (sync or stop):
       clock.stop(first=False)                       # dispatch time; the device time lands
@@ -334,6 +340,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   writer.write(config.total_steps, final, group="final")
   writer.close()
   ckpt.close()
+  # best/ keeps what a user needs: the selected model (the step the export came from) and
+  # the selections of the kept checkpoints (a resume from one of them restores its own), not
+  # every improvement on the way.
+  needed = {int(state.best_step)} | {
+      checkpointing.step_metadata(os.fspath(ckpt.directory), s).get("best_step", -1)
+      for s in ckpt.all_steps()}
+  if -1 not in needed:   # a checkpoint that does not say (an older version): keep all
+    checkpointing.keep_only(best_mngr, needed)
   best_mngr.close()
   figure = run_report.plot_learning_curve_safely(workdir, writer.records, config)
   for line in run_report.final_lines(workdir, method.name, final, figure):
@@ -342,6 +356,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def _kept(step) -> str:
+  if step is None:
+    return "no checkpoint was saved yet: nothing to resume"
+  return f"last good checkpoint: step {step}, kept"
 
 
 class _TrainClock:

@@ -135,9 +135,19 @@ def lock(workdir: str):
     yield
   finally:
     if fd is not None:
+      _remove_owner_record(workdir)   # while still held: no lock litter in a workdir
       os.close(fd)   # releases the flock
     if held is not None:
       held.release()
+
+
+def _remove_owner_record(workdir: str) -> None:
+  path = fs.join(workdir, OWNER_FILE)
+  try:
+    if json.loads(fs.read_text(path)).get("pid") == os.getpid():
+      fs.remove(path)
+  except (OSError, ValueError, AttributeError):
+    pass   # none, not ours, or unreadable: left as it is
 
 
 # --- identity and resume ---------------------------------------------------------------
@@ -166,6 +176,7 @@ def _check_remote(workdir: str) -> bool:
   """A workdir URI (gs://bucket/dir): reachable and writable? (Object stores have no
   directories: nothing to create, and a missing bucket is not created.) -> False."""
   probe = fs.join(workdir, f".write_test.{jax.process_index()}")
+  fs.check_reachable(workdir)   # unreachable: one line in seconds
   try:
     fs.write_text(probe, "ok")
     fs.remove(probe)
@@ -216,6 +227,11 @@ def _changed(old: dict, new: dict) -> list[str]:
 
 def check(config, workdir: str) -> None:
   """Raises UserError unless `config` may start or resume the run in `workdir` (reads only)."""
+  owner = fs.join(workdir, OWNER_FILE)
+  if fs.is_local(workdir) and os.path.isdir(owner):   # commit() could not write it
+    raise UserError(f"{owner} is a directory, where merlin_jax records who holds the "
+                    "workdir's lock; remove it (it is not merlin_jax's) or use another "
+                    "--workdir")
   steps = _checkpoint_steps(workdir)
   if not steps:
     return   # nothing to resume: a fresh start (config.json is rewritten by commit)

@@ -120,8 +120,8 @@ def test_predict_cli(runs, tmp_path):
   flat, meta = export.read(runs["merlin"])
   meta["input"] = {"kind": "image", "shape": [8, 8, 1], "dtype": "float32", "image_size": 8,
                    "channels": 1, "crop": False}
-  save_file(flat, str(tmp_path / "image_model.safetensors"),
-            metadata={export.KEY: json.dumps(meta)})
+  save_file(flat, str(tmp_path / "image_model.safetensors"),   # edited: sealed anew
+            metadata=export.seal({export.KEY: json.dumps(meta)}, flat))
   rng = np.random.default_rng(0)
   for label in ("0", "2"):
     os.makedirs(tmp_path / "imgs" / label)

@@ -83,15 +83,9 @@ def driver(prog: str):
   """The body of a command line that drives many runs (compare, the suite, the sweep): one
   stop flag over all of them, so a SIGTERM ends it after the current run with exit 75, and
   bad input as one line `PROG: error: ...` with exit 2."""
-  try:
-    with preemption.handle_signals():
-      yield
-  except errors.Preempted as e:
-    print(f"{prog}: {e}", file=sys.stderr)
-    sys.exit(errors.PREEMPTED_EXIT_CODE)
-  except errors.UserError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from merlin_jax import boundary   # one line and its exit status for any failure
+  with boundary.cli(prog), preemption.handle_signals():
+    yield
 
 
 class NotFinished(Exception):

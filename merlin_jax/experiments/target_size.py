@@ -84,4 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from merlin_jax import boundary
+  app.run(boundary.entry("merlin_jax.experiments.target_size", main), flags_parser=boundary.flags_parser("merlin_jax.experiments.target_size"))
