@@ -193,3 +193,60 @@ def test_compare_cli_writes_the_table_and_exits_3_naming_the_failed_runs(tmp_pat
   verbose = _cli(tmp_path, "--verbose")
   assert verbose.returncode == selection.FAILED_RUNS_EXIT_CODE
   assert "Traceback" in verbose.stderr and "NonFiniteLossError" in verbose.stderr
+
+
+def _fake_trainer(monkeypatch, diverging=("bss",)):
+  """run_one / pretrained_start that write what the tables read (metrics.jsonl), and raise
+  the trainer's NonFiniteLossError for the methods in `diverging`."""
+  def write(workdir, record):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps(dict(record, final=True)) + "\n")
+    return record
+
+  def fake_run_one(base, method, seed, setting, workdir, pretrained_path=None,
+                   run_missing=True):
+    if method in diverging:
+      raise errors.NonFiniteLossError(DIVERGED)
+    acc = {"finetune": 0.70, "l2sp": 0.75}.get(method, 0.6) + 0.01 * seed * (method == "l2sp")
+    return write(workdir, {"best_target_val_accuracy": 0.5, "target_test_accuracy": acc,
+                           "target_val_accuracy": 0.5, "step": 3, "train_seconds": 1.0,
+                           "selected_step": 3})
+
+  def fake_start(base, root, seed, run_missing=True):
+    write(os.path.join(root, "pretrain", "default", f"seed_{seed}"),
+          {"train_seconds": 2.0, "step": 3})
+
+  monkeypatch.setattr(selection, "run_one", fake_run_one)
+  monkeypatch.setattr(selection, "pretrained_start", fake_start)
+
+
+def test_the_suite_goes_on_past_a_diverged_run_and_names_it(tmp_path, monkeypatch):
+  from merlin_jax.experiments import suite_lib
+  _fake_trainer(monkeypatch)
+  failures = []
+  text = suite_lib.run_suite([SYNTHETIC], ["finetune", "bss", "l2sp"], [0, 1, 2], 3, 3, [],
+                             str(tmp_path), failures=failures)
+  assert "| bss | failed: bss/default/seed_0: diverged at step 8" in text
+  assert "| l2sp | 76.00 ± 0.82 | +6.00 [+3.52, +8.48] |" in text   # after bss; not a tie
+  assert failures == [f"synthetic/bss/default/seed_{s} (diverged at step 8: non-finite "
+                      "bss_penalty, grad_norm, loss)" for s in (0, 1, 2)]
+
+
+def test_the_target_size_sweep_goes_on_past_a_diverged_run_and_names_it(tmp_path, monkeypatch):
+  from merlin_jax.experiments import target_size_lib
+  _fake_trainer(monkeypatch)
+  failures = []
+  records = target_size_lib.sweep([SYNTHETIC], [12, 30], ["finetune", "bss", "l2sp"],
+                                  [0, 1, 2], 3, 3, [], str(tmp_path), failures=failures)
+  assert [(r["num_train"], r["method"], r["failed"]) for r in records] == [
+      (n, m, m == "bss") for n in (12, 30) for m in ("finetune", "bss", "l2sp")]
+  l2sp = records[2]
+  iv = intervals.paired_interval([0.75, 0.76, 0.77], [0.70, 0.70, 0.70])
+  assert (l2sp["gain_mean"], l2sp["gain_lo"], l2sp["gain_hi"]) == pytest.approx(
+      (iv["mean"], iv["lo"], iv["hi"])) and l2sp["gain_tie"] is False
+  table = target_size_lib.markdown(records)
+  assert "| synthetic | 12 | bss | failed: bss/default/seed_0: diverged at step 8" in table
+  assert len(failures) == 6 and failures[0].startswith("synthetic/n12/bss/default/seed_0 (")
+  target_size_lib.plot(records, str(tmp_path / "plot.png"))   # the failed runs: no point
+  assert (tmp_path / "plot.png").stat().st_size > 1000
