@@ -226,17 +226,15 @@ def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_m
     failures = []   # [{run, reason}]: this method's failed runs, each once
     if get_method(method).needs_pretrained:
       for seed in seeds:
+        pre = os.path.join(pretrain_root or root, "pretrain", "default", f"seed_{seed}")
         if seed not in starts:
-          pre = os.path.join(pretrain_root or root, "pretrain", "default", f"seed_{seed}")
           try:
             starts[seed] = _guarded(lambda seed=seed: pretrained_start(
                 base, pretrain_root or root, seed, run_missing), pre, verbose)
           except RunFailed as e:
             starts[seed] = e
-        if isinstance(starts[seed], RunFailed):
-          failures.append({"run": os.path.relpath(
-              os.path.join(pretrain_root or root, "pretrain", "default", f"seed_{seed}"),
-              root), "reason": str(starts[seed])})
+        if isinstance(starts[seed], RunFailed):   # every two-stage row names it
+          failures.append({"run": os.path.relpath(pre, root), "reason": str(starts[seed])})
     cands = candidates(base, grids.get(method, []))
     results = {}   # (name, seed) -> final record, or None if it failed
 
@@ -329,9 +327,10 @@ def gain_intervals(rows: Sequence[dict], baseline: str = BASELINE) -> dict[str, 
 
 def failure_text(row: dict) -> str:
   """A failed row's cell: why its chosen setting has no result."""
+  method = row["method"]   # its chosen setting's runs and the pretrain runs it starts from
   own = [f"{f['run']}: {f['reason']}" for f in row["failures"]
-         if f["run"].startswith(f"{row['method']}/{row['setting']}/") or
-         f["run"].startswith("pretrain/")]
+         if f["run"].startswith(f"{method}/{row['setting']}/")
+         or not f["run"].startswith(f"{method}/")]
   if row["setting"] == "none":
     return "failed: every grid setting failed (" + "; ".join(own or [
         f"{f['run']}: {f['reason']}" for f in row["failures"]]) + ")"
