@@ -190,9 +190,15 @@ def test_compare_cli_writes_the_table_and_exits_3_naming_the_failed_runs(tmp_pat
   assert "| l2sp | 70.50 ± 0.50 | +0.00 [+0.00, +0.00] tie |" in table   # ran after bss
   rows = json.loads((tmp_path / "table.json").read_text())
   assert [r["failed"] for r in rows] == [False, True, False]
-  verbose = _cli(tmp_path, "--verbose")
-  assert verbose.returncode == selection.FAILED_RUNS_EXIT_CODE
-  assert "Traceback" in verbose.stderr and "NonFiniteLossError" in verbose.stderr
+
+
+def test_verbose_logs_the_traceback_of_a_failed_run(tmp_path, monkeypatch, caplog):
+  _fake_trainer(monkeypatch)
+  for verbose in (False, True):
+    caplog.clear()
+    selection.compare(load_config(SYNTHETIC), str(tmp_path), ["bss"], [0], {}, verbose=verbose)
+    (record,) = [r for r in caplog.records if "diverged at step 8" in r.getMessage()]
+    assert bool(record.exc_info) == verbose
 
 
 def _fake_trainer(monkeypatch, diverging=("bss",)):
