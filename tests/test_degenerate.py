@@ -112,6 +112,15 @@ def test_every_objective_is_finite_on_degenerate_targets(s, name, kind):
     assert np.all(np.isfinite(np.asarray(leaf))), (name, kind)
 
 
+def test_bss_penalty_with_k_above_the_rank_bound_sums_every_singular_value():
+  """k > min(B, D): every sigma^2, i.e. ||F||_F^2 (a negative slice start took the largest
+  k - min(B, D) values instead)."""
+  f = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+  value, grad = jax.value_and_grad(smallest_singular_values_sq)(jnp.asarray(f), 6)
+  assert float(value) == pytest.approx(np.sum(f.astype(np.float64) ** 2), rel=1e-5)
+  np.testing.assert_allclose(grad, 2 * f, rtol=1e-4, atol=1e-5)   # d ||F||^2 = 2 F
+
+
 def test_bss_penalty_takes_bfloat16_features():
   """Mixed precision (model.dtype='bfloat16') hands the penalty bfloat16 features: LAPACK
   has no bfloat16 (jnp.linalg.svd raised NotImplementedError), so they are promoted."""

@@ -51,14 +51,20 @@ def _svd(features, compute_uv: bool):
 def smallest_singular_values_sq(features, k: int):
   """sum of the k smallest squared singular values of features [B, D] (at least float32)."""
   c, s, _, _ = _svd(features, compute_uv=False)
-  return jnp.sum(jnp.square(c * s[s.shape[0] - k:]))
+  return jnp.sum(jnp.square(c * s[_tail(s.shape[0], k)]))
+
+
+def _tail(n: int, k: int) -> slice:
+  """The k smallest of n descending singular values (all n if k > n: a negative start
+  would wrap around and take the wrong ones)."""
+  return slice(max(n - k, 0), n)
 
 
 @smallest_singular_values_sq.defjvp
 def _smallest_singular_values_sq_jvp(k, primals, tangents):
   (features,), (dfeatures,) = primals, tangents
   c, s, u, vt = _svd(features, compute_uv=True)
-  tail = slice(s.shape[0] - k, s.shape[0])
+  tail = _tail(s.shape[0], k)
   sigma = c * s[tail]                                    # the k smallest, [k]
   # d sigma_i = u_i^T dF v_i: no division, finite whatever the spectrum.
   dsigma = jnp.einsum("bi,bd,id->i", u[:, tail], dfeatures.astype(u.dtype), vt[tail])
