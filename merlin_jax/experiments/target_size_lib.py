@@ -7,9 +7,10 @@ never on the test set) and reports, per method, the paired gain over fine-tuning
 seed: test accuracy - fine-tuning's test accuracy with the same seed, then its mean and
 95% Student t-interval over seeds, merlin_jax/experiments/intervals.py; a gain whose
 interval covers 0 reads as a tie), its wall time and its outer steps to the selected
-model (a two-stage method's shared pre-training counted separately), so a gain is read at matched cost, and the val
-margin of each choice (the selected setting's mean target-val accuracy over the tuning
-seeds minus the runner-up's), so a choice decided by one validation example reads as a tie.
+model (a two-stage method's shared pre-training counted separately), so a gain is read at
+matched cost, and the val margin of each choice (the selected setting's mean target-val
+accuracy over the tuning seeds minus the runner-up's), so a choice decided by one
+validation example reads as a tie.
 
 Pre-training reads only the source, so one pretrain run per seed serves every size
 (ROOT/<pair>/pretrain). The per-step target split of the meta-methods and the target
