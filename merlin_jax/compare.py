@@ -15,7 +15,11 @@ a time around the config). A key set to the config's own value is dropped, so th
 setting is always a candidate, is named `default` and wins ties. For each method, the
 setting with the best mean *target validation* accuracy over the tuning seeds
 (`--tune_seeds`, default: all seeds) is selected and then run on every seed; its target
-test accuracy is reported as mean ± std over seeds. The test set never takes part in a choice.
+test accuracy is reported as mean ± std over seeds, with its paired difference to fine-tuning
+(95% t-interval over seeds) and the val margin of the choice. The test set never takes part
+in a choice. A run that diverges or fails is a row of the table ("diverged at step 8: ...");
+the others go on, the table is written, and the command exits 3 with one line naming the
+failed runs (rerunning it retries only those; --verbose logs their tracebacks).
 
 The command line only; the library is merlin_jax/experiments/selection.py.
 """
@@ -43,6 +47,7 @@ _TUNE_SEEDS = flags.DEFINE_list(
     "tune_seeds", [], "Seeds every grid setting runs on (chosen on their mean target val); "
     "the chosen setting then runs on all --seeds. Empty: all --seeds.")
 _OUT = flags.DEFINE_string("out", "", "Also write the markdown table (and a .json) here.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -69,7 +74,7 @@ def main(argv):
   with selection.driver("merlin_jax.compare"):   # a stop: after the current run, exit 75
     tune = [int(s) for s in _TUNE_SEEDS.value] or None
     rows = selection.compare(_CONFIG.value, _WORKDIR.value, _METHODS.value, seeds,
-                             selection.parse_grid(_GRID.value), tune)
+                             selection.parse_grid(_GRID.value), tune, verbose=_VERBOSE.value)
   table = selection.markdown_table(rows)
   print(table)
   if _OUT.value:
@@ -78,6 +83,9 @@ def main(argv):
     with open(os.path.splitext(_OUT.value)[0] + ".json", "w") as f:
       json.dump(rows, f, indent=1)
   logging.info("rows: %s", json.dumps(rows))
+  # A failed run is a row of the table, not the end of the comparison: the table is written,
+  # then one line names the failed runs (a rerun retries only those) and the status is != 0.
+  selection.exit_if_failed("merlin_jax.compare", selection.failed_runs(rows))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,13 @@ is always a candidate, is named `default` and wins ties. For each method, the se
 the best mean *target validation* accuracy over the tuning seeds is selected and then run on
 every seed; its target test accuracy is reported as mean ± std over seeds. The test set
 never takes part in a choice.
+
+A run that fails (diverges: NonFiniteLossError; or any other error that is not bad input or
+a stop) does not end the comparison: it is recorded ("diverged at step 8: non-finite loss")
+and the other runs go on. A failed grid candidate is out of the choice; a method whose
+chosen setting failed on a seed has a failed row (no accuracy). The command lines write
+their table, then exit FAILED_RUNS_EXIT_CODE with one line naming the failed runs; a failed
+run wrote no final record, so rerunning the same command retries only those.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import contextlib
 import copy
 import itertools
 import os
+import re
 import sys
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 
 from merlin_jax import errors, preemption
@@ -32,6 +41,7 @@ from merlin_jax.metrics import JSONL, read_jsonl
 
 
 VAL_DECIMALS = 6   # validation accuracies equal to this many decimals are a tie
+FAILED_RUNS_EXIT_CODE = 3   # the table was written; some runs failed (named on stderr)
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[dict]]:
@@ -142,7 +152,8 @@ def pretrained_start(base, root: str, seed: int, run_missing: bool = True) -> st
 
 def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
             grids: dict[str, list[dict]], tune_seeds: Sequence[int] | None = None,
-            pretrain_root: str | None = None, run_missing: bool = True) -> list[dict]:
+            pretrain_root: str | None = None, run_missing: bool = True,
+            verbose: bool = False) -> list[dict]:
   """Runs everything; returns one row per method with the selected setting's results.
   With run_missing=False nothing trains: a run that has not finished raises NotFinished.
 
@@ -151,51 +162,197 @@ def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],
   setting first) then runs on all `seeds`. `pretrain_root` (default `root`) holds the
   shared pretrain runs: several compares that differ only on the target side can share
   them (pre-training reads only the source; a finished run is read back).
+
+  A failed run is recorded, not raised (module docstring): row["failures"] lists
+  {run, reason} of every failed run of that method (its shared pretrain runs included),
+  and a row whose chosen setting failed on any seed has row["failed"] = True and no
+  accuracies. `verbose`: log each failure's traceback.
   """
   with preemption.handle_signals():   # one stop flag for all the runs: none starts after it
-    return _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing)
+    return _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing,
+                    verbose)
 
 
-def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing):
+class RunFailed(Exception):
+  """A run (or the pretrain run it starts from) failed; str() is the one-line reason."""
+
+
+_NON_FINITE = re.compile(r"non-finite value at step (\d+) in ([^;]+)")
+
+
+def failure_reason(e: BaseException) -> str:
+  """The one line a table shows for a failed run: 'diverged at step 8: non-finite loss,
+  grad_norm' for a NonFiniteLossError, else 'failed: <type>: <first line>'."""
+  text = " ".join(str(e).split())
+  if isinstance(e, errors.NonFiniteLossError):
+    m = _NON_FINITE.search(text)
+    if m:
+      return f"diverged at step {m.group(1)}: non-finite {m.group(2)}"
+    return f"diverged: {text[:200]}"
+  if isinstance(e, RunFailed):
+    return text
+  return f"failed: {type(e).__name__}: {text[:200]}"
+
+
+def _guarded(fn, what: str, verbose: bool):
+  """fn() or, if it fails (not bad input, a stop or an unfinished look), RunFailed naming
+  the reason; the traceback is logged only when verbose."""
+  try:
+    return fn()
+  except (errors.UserError, errors.Preempted, NotFinished, KeyboardInterrupt):
+    raise
+  except Exception as e:  # noqa: BLE001 - one failed run must not end a sweep
+    reason = failure_reason(e)
+    if verbose:
+      logging.exception("%s: %s", what, reason)
+    else:
+      logging.error("%s: %s (--verbose for the traceback)", what, reason)
+    raise RunFailed(reason) from None
+
+
+def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_missing,
+             verbose=False):
   tune_seeds = list(seeds) if tune_seeds is None else list(tune_seeds)
   from merlin_jax.methods import get_method
   rows = []
-  starts = {}  # seed -> pretrained path of the two-stage methods (computed once)
+  starts = {}  # seed -> pretrained path of the two-stage methods, or the RunFailed (once)
   for method in methods:
+    failures = []   # [{run, reason}]: this method's failed runs, each once
     if get_method(method).needs_pretrained:
       for seed in seeds:
+        pre = os.path.join(pretrain_root or root, "pretrain", "default", f"seed_{seed}")
         if seed not in starts:
-          starts[seed] = pretrained_start(base, pretrain_root or root, seed, run_missing)
+          try:
+            starts[seed] = _guarded(lambda seed=seed: pretrained_start(
+                base, pretrain_root or root, seed, run_missing), pre, verbose)
+          except RunFailed as e:
+            starts[seed] = e
+        if isinstance(starts[seed], RunFailed):   # every two-stage row names it
+          failures.append({"run": os.path.relpath(pre, root), "reason": str(starts[seed])})
     cands = candidates(base, grids.get(method, []))
+    results = {}   # (name, seed) -> final record, or None if it failed
 
-    def run(name, seed, method=method, cands=cands):
-      return run_one(base, method, seed, cands[name],
-                     os.path.join(root, method, name, f"seed_{seed}"), starts.get(seed),
-                     run_missing)
+    def run(name, seed, method=method, cands=cands, results=results, failures=failures):
+      if (name, seed) not in results:
+        rel = os.path.join(method, name, f"seed_{seed}")
+        start = starts.get(seed) if get_method(method).needs_pretrained else None
+        try:
+          if isinstance(start, RunFailed):
+            raise RunFailed(f"not run: its pretrain run failed ({start})")
+          results[name, seed] = _guarded(lambda: run_one(
+              base, method, seed, cands[name], os.path.join(root, rel), start, run_missing),
+              rel, verbose)
+        except RunFailed as e:
+          results[name, seed] = None
+          if not str(e).startswith("not run:"):
+            failures.append({"run": rel, "reason": str(e)})
+      return results[name, seed]
 
     grid = {}  # name -> mean target val accuracy over tune_seeds (one candidate: no tuning)
+    grid_failed = []   # candidates out of the choice: a tuning run failed
     if len(cands) > 1:   # rounded: the accuracies are float32 counts / num_val, and a mean's
-      grid = {n: round(float(np.mean(   # last bits must not break a tie (the earlier wins)
-          [run(n, s)["best_target_val_accuracy"] for s in tune_seeds])), VAL_DECIMALS)
-              for n in cands}
-    chosen = max(grid, key=grid.get) if grid else "default"
-    final = [run(chosen, s) for s in seeds]
-    test = [r["target_test_accuracy"] for r in final]
-    val = [r["best_target_val_accuracy"] for r in final]
+      for n in cands:    # last bits must not break a tie (the earlier wins)
+        recs = [run(n, s) for s in tune_seeds]
+        if any(r is None for r in recs):
+          grid_failed.append(n)
+        else:
+          grid[n] = round(float(np.mean([r["best_target_val_accuracy"] for r in recs])),
+                          VAL_DECIMALS)
+    chosen = max(grid, key=grid.get) if grid else ("default" if not grid_failed else None)
+    final = [run(chosen, s) for s in seeds] if chosen is not None else [None] * len(seeds)
+    failed = any(r is None for r in final)
+    test = [None if r is None else r["target_test_accuracy"] for r in final]
+    val = [r["best_target_val_accuracy"] for r in final if r is not None]
     rows.append({
-        "method": method, "setting": chosen, "seeds": list(seeds),
-        "tune_seeds": tune_seeds if grid else [],
-        "target_test_mean": float(np.mean(test)), "target_test_std": float(np.std(test)),
-        "target_val_mean": float(np.mean(val)), "target_test": test,
-        "grid": grid,
+        "method": method, "setting": chosen or "none", "seeds": list(seeds),
+        "tune_seeds": tune_seeds if len(cands) > 1 else [],
+        "target_test_mean": None if failed else float(np.mean(test)),
+        "target_test_std": None if failed else float(np.std(test)),
+        "target_val_mean": None if failed else float(np.mean(val)), "target_test": test,
+        "grid": grid, "grid_failed": grid_failed, "failed": failed, "failures": failures,
     })
   return rows
 
 
-def markdown_table(rows: list[dict]) -> str:
-  lines = ["| method | target test acc. (%) | target val acc. (%) | selected setting (on val) | seeds |",
-           "|---|---|---|---|---|"]
+def failed_runs(rows: Sequence[dict]) -> list[str]:
+  """'method/setting/seed_s (reason)' of every failed run in rows, each once."""
+  out = []
   for r in rows:
-    lines.append(f"| {r['method']} | {100 * r['target_test_mean']:.2f} ± {100 * r['target_test_std']:.2f}"
-                 f" | {100 * r['target_val_mean']:.2f} | {r['setting']} | {len(r['seeds'])} |")
+    for f in r.get("failures", []):
+      line = f"{f['run']} ({f['reason']})"
+      if line not in out:
+        out.append(line)
+  return out
+
+
+def exit_if_failed(prog: str, failures: Sequence[str]) -> None:
+  """After the table is written: one line naming the failed runs, exit status
+  FAILED_RUNS_EXIT_CODE (a rerun of the same command retries only those)."""
+  if failures:
+    print(f"{prog}: {len(failures)} run(s) failed (the table marks them; rerun the same "
+          f"command to retry only those): {'; '.join(failures)}", file=sys.stderr)
+    sys.exit(FAILED_RUNS_EXIT_CODE)
+
+
+BASELINE = "finetune"   # the gains of the tables are over fine-tuning
+
+
+def val_margin(grid: dict[str, float]) -> float | None:
+  """How far the selected setting's mean target-val accuracy is ahead of the runner-up's
+  (None without a grid): a choice by less than a validation example or two is a tie."""
+  if len(grid) < 2:
+    return None
+  best, second = sorted(grid.values(), reverse=True)[:2]
+  return best - second
+
+
+def gain_intervals(rows: Sequence[dict], baseline: str = BASELINE) -> dict[str, dict | None]:
+  """method -> the paired test-accuracy difference to `baseline` with its 95% t-interval
+  over seeds (intervals.paired_interval), or None (no baseline row, or a failed row)."""
+  from merlin_jax.experiments import intervals
+  base = next((r for r in rows if r["method"] == baseline), None)
+  out = {}
+  for r in rows:
+    ok = base is not None and not base.get("failed") and not r.get("failed")
+    out[r["method"]] = (intervals.paired_interval(r["target_test"], base["target_test"])
+                        if ok else None)
+  return out
+
+
+def failure_text(row: dict) -> str:
+  """A failed row's cell: why its chosen setting has no result."""
+  method = row["method"]   # its chosen setting's runs and the pretrain runs it starts from
+  own = [f"{f['run']}: {f['reason']}" for f in row["failures"]
+         if f["run"].startswith(f"{method}/{row['setting']}/")
+         or not f["run"].startswith(f"{method}/")]
+  if row["setting"] == "none":
+    return "failed: every grid setting failed (" + "; ".join(own or [
+        f"{f['run']}: {f['reason']}" for f in row["failures"]]) + ")"
+  return "failed: " + "; ".join(own or ["see the log"])
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """One line per method: test accuracy (mean ± std over seeds), the paired gain over
+  fine-tuning with its 95% t-interval ('tie' when it covers 0), the selection's val margin;
+  a failed run's row says why."""
+  from merlin_jax.experiments import intervals
+  gains = gain_intervals(rows)
+  lines = ["| method | target test acc. (%) | gain over fine-tuning (pp) [95% CI] "
+           "| target val acc. (%) | selected setting (on val) | val margin (pp) | seeds |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    margin = val_margin(r["grid"])
+    margin = "–" if margin is None else f"{100 * margin:.1f}"
+    failed_grid = "".join(f"; {n}: failed" for n in r.get("grid_failed", []))
+    if r.get("failed"):
+      lines.append(f"| {r['method']} | {failure_text(r)} | – | – | {r['setting']}{failed_grid} "
+                   f"| {margin} | {len(r['seeds'])} |")
+      continue
+    gain = "–" if r["method"] == BASELINE else intervals.format_interval(gains[r["method"]])
+    lines.append(f"| {r['method']} | {100 * r['target_test_mean']:.2f} ± "
+                 f"{100 * r['target_test_std']:.2f} | {gain} | {100 * r['target_val_mean']:.2f}"
+                 f" | {r['setting']}{failed_grid} | {margin} | {len(r['seeds'])} |")
+  lines += ["", f"Gain: {intervals.DESCRIPTION}. Test accuracy: mean ± std (ddof=0) over "
+            "seeds. Val margin: the selected setting's mean target-val accuracy minus the "
+            "runner-up's (one val example is 100 / num_val pp)."]
   return "\n".join(lines)

@@ -10,7 +10,8 @@ scaled to `--steps` (pre-training gets the same budget), then writes a markdown 
 (target test accuracy, mean ± std over seeds) and one plot per pair (target validation
 accuracy over steps, mean over seeds) into the WORKSPACE file between the markers
 `<!-- suite:begin -->` and `<!-- suite:end -->`. Runs are resumable: rerunning the command
-reuses finished runs.
+reuses finished runs. A failed run is a row of its table; the suite goes on, writes, and
+exits 3 with one line naming the failed runs (a rerun retries only those).
 
 The command line only; the library is merlin_jax/experiments/suite_lib.py.
 """
@@ -34,6 +35,7 @@ _TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on; th
                                 "then runs on all --seeds (empty: the grid runs on all seeds).")
 _WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the results into.")
 _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to the workspace).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed run.")
 
 
 def main(argv):
@@ -41,13 +43,15 @@ def main(argv):
   from merlin_jax.experiments import selection
   from merlin_jax.metrics import quiet_library_logs
   quiet_library_logs()
+  failures = []
   with selection.driver("merlin_jax.experiments.suite"):   # a stop: after the current run
     text = suite_lib.run_suite(
         _PAIRS.value, _METHODS.value, [int(s) for s in _SEEDS.value], _STEPS.value,
         _EVAL_EVERY.value, _GRID.value, _WORKDIR.value, _WORKSPACE.value, _PLOTS.value,
-        [int(s) for s in _TUNE_SEEDS.value] or None)
+        [int(s) for s in _TUNE_SEEDS.value] or None, _VERBOSE.value, failures)
   print(text)
   logging.info("suite done")
+  selection.exit_if_failed("merlin_jax.experiments.suite", failures)   # after the write
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def plot_pair(name: str, root: str, rows: list[dict], path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   shown, seeds = [], set()
   for row in rows:
+    if row.get("failed"):   # no curve to draw: the table says why
+      continue
     steps, acc = val_curves(root, row)
     # Step 0 (the untrained model, near chance) is left out: with it the y-range would hide
     # where the methods differ, and clipped, its lines would start off the axes.
@@ -112,7 +114,10 @@ def write_section(workspace: str, text: str, begin: str = BEGIN, end: str = END)
 
 
 def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, workspace="",
-              plots="docs", tune_seeds=None) -> str:
+              plots="docs", tune_seeds=None, verbose=False, failures=None) -> str:
+  """Runs and writes the suite; returns its text. A failed run is a row of its pair's
+  table (selection.compare); `failures` (a list), if given, collects the failed runs' names
+  ('pair/method/setting/seed_s (reason)') for the command line's exit line."""
   grids = selection.parse_grid(grid_specs)
   sections = []
   total_minutes = []
@@ -121,7 +126,10 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
     config = scaled(load_config(pair), steps, eval_every)
     pair_root = os.path.join(root, name)
     t = time.time()
-    rows = selection.compare(config, pair_root, methods, seeds, grids, tune_seeds)
+    rows = selection.compare(config, pair_root, methods, seeds, grids, tune_seeds,
+                             verbose=verbose)
+    if failures is not None:
+      failures.extend(f"{name}/{f}" for f in selection.failed_runs(rows))
     minutes = add_wall_minutes(pair_root, (time.time() - t) / 60)
     total_minutes.append(minutes)
     text = [f"#### {name} (`{pair}`)", "", selection.markdown_table(rows), "",
@@ -130,7 +138,8 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
                 f"{r['method']}: " + ", ".join(
                     (f"**{k} {100 * v:.1f}**" if k == r["setting"] else f"{k} {100 * v:.1f}")
                     for k, v in r["grid"].items())
-                for r in rows if r["grid"]), "",
+                + "".join(f", {k} failed" for k in r.get("grid_failed", []))
+                for r in rows if r["grid"] or r.get("grid_failed")), "",
             f"Wall time for this pair: {minutes:.1f} min (summed over the invocations that ran it)."]
     if workspace:
       plot_dir = os.path.join(os.path.dirname(os.path.abspath(workspace)), plots)

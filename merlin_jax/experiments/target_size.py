@@ -8,7 +8,7 @@ labels (the scikit-learn digits train split has ~1,000, validation included), Me
 MeRLin-ft, fine-tuning, L2-SP and DELTA, seeds 0, 1, 2, 200 outer steps, the suite's grid
 chosen on target validation averaged over all three seeds). Writes the table
 (test accuracy, paired gain over fine-tuning, wall time and steps to the selected model)
-and a plot of the gain against n (error bars: std over seeds) into the WORKSPACE file
+and a plot of the gain against n (error bars: 95% t-interval over seeds) into the WORKSPACE file
 between `<!-- target_size:begin -->` and `<!-- target_size:end -->`. Resumable: a rerun
 reuses finished runs; SIGTERM stops it after saving the current run (exit 75), and
 `--finished_only` tables what has finished without training anything (a look at a running
@@ -48,6 +48,7 @@ _FINISHED_ONLY = flags.DEFINE_bool(
     "finished and name the others (a look at a running or partial sweep).")
 _WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the section into.")
 _PLOT = flags.DEFINE_string("plot", "docs/target_size.png", "Plot path (beside the workspace).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed run.")
 
 
 def main(argv):
@@ -55,11 +56,13 @@ def main(argv):
   quiet_library_logs()
   t = time.time()
   missing = [] if _FINISHED_ONLY.value else None
+  failures = []
   with selection.driver("merlin_jax.experiments.target_size"):   # a stop: after this run
     records = target_size_lib.sweep(
         _PAIRS.value, [int(n) for n in _SIZES.value], _METHODS.value,
         [int(s) for s in _SEEDS.value], _STEPS.value, _EVAL_EVERY.value, _GRID.value,
-        _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None, missing)
+        _WORKDIR.value, _NUM_VAL.value, [int(s) for s in _TUNE_SEEDS.value] or None, missing,
+        _VERBOSE.value, failures)
     if not records:
       raise errors.UserError(f"no (pair, n) cell in {_WORKDIR.value} has finished; run the "
                              "same command without --finished_only")
@@ -81,6 +84,7 @@ def main(argv):
             f"total wall time {minutes:.1f} min (summed over invocations).\n\n{table}\n\n"
             f"![gain over fine-tuning against n]({_PLOT.value})")
     suite_lib.write_section(_WORKSPACE.value, text, target_size_lib.BEGIN, target_size_lib.END)
+  selection.exit_if_failed("merlin_jax.experiments.target_size", failures)   # after the write
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ The library behind `python -m merlin_jax.experiments.target_size` (it defines no
 For every pair (a config file) and target-set size n (`data.target.num_train`), runs
 `selection.compare` (methods x seeds, each method's grid chosen on target validation,
 never on the test set) and reports, per method, the paired gain over fine-tuning (seed by
-seed: test accuracy - fine-tuning's test accuracy with the same seed, then mean ± std over
-seeds), its wall time and its outer steps to the selected model (a two-stage method's
-shared pre-training counted separately), so a gain is read at matched cost, and the val
-margin of each choice (the selected setting's mean target-val accuracy over the tuning
-seeds minus the runner-up's), so a choice decided by one validation example reads as a tie.
+seed: test accuracy - fine-tuning's test accuracy with the same seed, then its mean and
+95% Student t-interval over seeds, merlin_jax/experiments/intervals.py; a gain whose
+interval covers 0 reads as a tie), its wall time and its outer steps to the selected
+model (a two-stage method's shared pre-training counted separately), so a gain is read at
+matched cost, and the val margin of each choice (the selected setting's mean target-val
+accuracy over the tuning seeds minus the runner-up's), so a choice decided by one
+validation example reads as a tie.
 
 Pre-training reads only the source, so one pretrain run per seed serves every size
 (ROOT/<pair>/pretrain). The per-step target split of the meta-methods and the target
@@ -78,26 +80,16 @@ def run_cost(root: str, pretrain_root: str, row: dict, needs_pretrained: bool) -
   return cost
 
 
-def gains(rows: list[dict]) -> dict[str, tuple[float, float]]:
-  """method -> (mean, std) over seeds of test accuracy - fine-tuning's (same seed)."""
-  by_method = {r["method"]: np.asarray(r["target_test"]) for r in rows}
-  base = by_method[BASELINE]
-  return {m: (float(np.mean(acc - base)), float(np.std(acc - base)))
-          for m, acc in by_method.items()}
-
-
-def val_margin(grid: dict[str, float]) -> float | None:
-  """How far the selected setting's mean target-val accuracy is ahead of the runner-up's
-  (None without a grid): a choice by less than a validation example or two is a tie."""
-  if len(grid) < 2:
-    return None
-  best, second = sorted(grid.values(), reverse=True)[:2]
-  return best - second
+val_margin = selection.val_margin
 
 
 def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num_val=None,
-          tune_seeds=None, missing=None) -> list[dict]:
+          tune_seeds=None, missing=None, verbose=False, failures=None) -> list[dict]:
   """Runs every pair x size; one record per (pair, size, method).
+
+  A failed run does not stop the sweep (selection.compare records it): a method whose
+  chosen setting failed has a record with failed=True and the reason; `failures` (a list),
+  if given, collects the failed runs' names for the command line's exit line.
 
   With a list as `missing`, nothing trains: a (pair, n) cell with an unfinished run is left
   out of the records and its (pair, n) appended to `missing` (a look at a partial sweep).
@@ -117,19 +109,31 @@ def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num
       try:
         rows = selection.compare(config, size_root, methods, seeds,
                                  fitted_grids(grids, config), tune_seeds,
-                                 pretrain_root=pretrain_root, run_missing=missing is None)
+                                 pretrain_root=pretrain_root, run_missing=missing is None,
+                                 verbose=verbose)
       except selection.NotFinished:
         missing.append((name, n))
         continue
-      gain = gains(rows)
+      failed_ids = selection.failed_runs(rows)
+      if failures is not None:
+        failures.extend(f"{name}/n{n}/{f}" for f in failed_ids)
+      intervals_ = selection.gain_intervals(rows)
       for r in rows:
+        iv = intervals_[r["method"]]
+        record = dict(pair=name, num_train=n, method=r["method"], setting=r["setting"],
+                      seeds=r["seeds"], tune_seeds=r["tune_seeds"],
+                      val_margin=val_margin(r["grid"]), failed=bool(r.get("failed")))
+        if r.get("failed"):
+          records.append(dict(record, failure=selection.failure_text(r)))
+          continue
         cost = run_cost(size_root, pretrain_root, r, get_method(r["method"]).needs_pretrained)
-        records.append(dict(pair=name, num_train=n, method=r["method"], setting=r["setting"],
-                            seeds=r["seeds"], target_test_mean=r["target_test_mean"],
-                            target_test_std=r["target_test_std"],
-                            gain_mean=gain[r["method"]][0], gain_std=gain[r["method"]][1],
-                            tune_seeds=r["tune_seeds"], val_margin=val_margin(r["grid"]),
-                            **cost))
+        records.append(dict(record, target_test_mean=r["target_test_mean"],
+                            target_test_std=r["target_test_std"], target_test=r["target_test"],
+                            gain_mean=None if iv is None else iv["mean"],
+                            gain_std=None if iv is None else iv["std"],   # ddof=1
+                            gain_lo=None if iv is None else iv["lo"],
+                            gain_hi=None if iv is None else iv["hi"],
+                            gain_tie=None if iv is None else iv["tie"], **cost))
   return records
 
 
@@ -144,31 +148,52 @@ def command(pairs, sizes, methods, seeds, steps, num_val=None, tune_seeds=()) ->
 
 
 def markdown(records: list[dict]) -> str:
-  lines = ["| pair | n | method | test acc. (%) | gain over fine-tuning (pp) | setting (val) "
-           "| val margin (pp) | wall s | steps to selected | + pre-training s / steps |",
+  from merlin_jax.experiments import intervals
+  lines = ["| pair | n | method | test acc. (%) | gain over fine-tuning (pp) [95% CI] "
+           "| setting (val) | val margin (pp) | wall s | steps to selected "
+           "| + pre-training s / steps |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for r in records:
+    margin = "–" if r.get("val_margin") is None else f"{100 * r['val_margin']:.1f}"
+    if r.get("failed"):
+      lines.append(f"| {r['pair']} | {r['num_train']} | {r['method']} | {r['failure']} | – "
+                   f"| {r['setting']} | {margin} | – | – | – |")
+      continue
     pre = (f"{r['pretrain_seconds']:.0f} / {r['pretrain_steps']:.0f}"
            if r["pretrain_steps"] else "–")
-    margin = "–" if r.get("val_margin") is None else f"{100 * r['val_margin']:.1f}"
+    if r["method"] == BASELINE:
+      gain = "(baseline)"
+    elif r.get("gain_mean") is None:
+      gain = "– (fine-tuning failed)"
+    else:
+      gain = intervals.format_interval(dict(mean=r["gain_mean"], lo=r.get("gain_lo"),
+                                            hi=r.get("gain_hi"), tie=r.get("gain_tie")))
     lines.append(
         f"| {r['pair']} | {r['num_train']} | {r['method']} | {100 * r['target_test_mean']:.2f} ± "
-        f"{100 * r['target_test_std']:.2f} | {100 * r['gain_mean']:+.2f} ± {100 * r['gain_std']:.2f}"
+        f"{100 * r['target_test_std']:.2f} | {gain}"
         f" | {r['setting']} | {margin} | {r['train_seconds']:.0f} | {r['selected_step']:.0f} | {pre} |")
+  lines += ["", f"Gain: {intervals.DESCRIPTION}. Test accuracy: mean ± std (ddof=0) over seeds."]
   return "\n".join(lines)
 
 
+def _half_width(r: dict) -> float:
+  """The error bar: half the 95% t-interval of the gain (0 with one seed)."""
+  return 0.0 if r.get("gain_lo") is None else (r["gain_hi"] - r["gain_lo"]) / 2
+
+
 def plot(records: list[dict], path: str) -> None:
-  """Gain over fine-tuning (mean ± std over seeds) against n, one panel per pair."""
+  """Gain over fine-tuning (mean, error bars: 95% t-interval over seeds) against n, one
+  panel per pair."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   pairs = sorted({r["pair"] for r in records})
   fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
   for ax, pair in zip(axes[0], pairs):
-    mine = [r for r in records if r["pair"] == pair and r["method"] != BASELINE]
+    mine = [r for r in records if r["pair"] == pair and r["method"] != BASELINE
+            and r.get("gain_mean") is not None]   # a failed run has no point
     for i, method in enumerate(sorted({r["method"] for r in mine})):
-      pts = sorted((r["num_train"], r["gain_mean"], r["gain_std"]) for r in mine
+      pts = sorted((r["num_train"], r["gain_mean"], _half_width(r)) for r in mine
                    if r["method"] == method)
       n, g, s = (np.array(v) for v in zip(*pts))
       ax.errorbar(n * (1 + 0.03 * i), 100 * g, yerr=100 * s, marker="o", capsize=3,

@@ -4,18 +4,71 @@ L_tgt + eta * sum_{i=1..k} sigma_{-i}^2, where sigma_{-1} <= sigma_{-2} <= ... a
 smallest singular values of the minibatch's target feature matrix F [B, D]: the
 penalty shrinks the feature directions that carry little of the batch (where
 untransferable, source-specific components hide), without pulling the weights anywhere.
+
+How it is computed (issue 31: BSS stopped at step 8 of a 600-label run with a non-finite
+bss_penalty, after LAPACK printed `SLASCL parameter number 4 had an illegal value`, the
+message its SVD driver prints when a norm it rescales by is zero, inf or NaN; a single inf
+in F reproduces it; see WORKSPACE.md for what was and was not reproduced):
+
+* The derivative is written out (custom_jvp): d sum_{i in tail} sigma_i^2 =
+  sum 2 sigma_i u_i^T dF v_i, i.e. the gradient 2 U_k S_k V_k^T, from the same SVD as the
+  value. No 1 / (s_i^2 - s_j^2) term appears, so it is finite for repeated and zero
+  singular values (where the tail's cut falls inside a block of equal singular values the
+  function is not differentiable and this is one of its subgradients).
+* The SVD sees F / max|F| (a constant under differentiation): max-norm 1, so LAPACK never
+  takes its over/underflow rescaling (SLASCL) path, and sigma^2 is formed as (c * s)^2,
+  which overflows only if the penalty itself does. bfloat16 features are promoted to
+  float32 (LAPACK has no bfloat16).
+* The driver is LAPACK's QR iteration (gesvd, `SvdAlgorithm.QR`), not divide-and-conquer
+  (gesdd): the more robust one (the one scipy's docs point to when gesdd fails), with the
+  same cost on 600 x 256 features here. TPU has one SVD (it takes no algorithm).
 """
 
+import functools
+
+import jax
 import jax.numpy as jnp
+from jax.lax import linalg as lax_linalg
 
 from merlin_jax.methods.base import (HParam, at_least, backbone_features, fine_tuning_method,
                                      sample_target_batch, target_loss)
 
 
+def _svd(features, compute_uv: bool):
+  """(c, singular values of F / c [descending], U, Vt) with c = max|F| (1 if F = 0)."""
+  f = features.astype(jnp.promote_types(features.dtype, jnp.float32))
+  c = jnp.max(jnp.abs(f))
+  c = jnp.where(c > 0, c, 1.0)
+  algorithm = None if jax.default_backend() == "tpu" else lax_linalg.SvdAlgorithm.QR
+  out = lax_linalg.svd(f / c, full_matrices=False, compute_uv=compute_uv, algorithm=algorithm)
+  if compute_uv:
+    u, s, vt = out
+    return c, s, u, vt
+  return c, out, None, None
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def smallest_singular_values_sq(features, k: int):
-  """sum of the k smallest squared singular values of features [B, D]."""
-  sigma = jnp.linalg.svd(features, compute_uv=False)     # descending, [min(B, D)]
-  return jnp.sum(jnp.square(sigma[sigma.shape[0] - k:]))
+  """sum of the k smallest squared singular values of features [B, D] (at least float32)."""
+  c, s, _, _ = _svd(features, compute_uv=False)
+  return jnp.sum(jnp.square(c * s[_tail(s.shape[0], k)]))
+
+
+def _tail(n: int, k: int) -> slice:
+  """The k smallest of n descending singular values (all n if k > n: a negative start
+  would wrap around and take the wrong ones)."""
+  return slice(max(n - k, 0), n)
+
+
+@smallest_singular_values_sq.defjvp
+def _smallest_singular_values_sq_jvp(k, primals, tangents):
+  (features,), (dfeatures,) = primals, tangents
+  c, s, u, vt = _svd(features, compute_uv=True)
+  tail = _tail(s.shape[0], k)
+  sigma = c * s[tail]                                    # the k smallest, [k]
+  # d sigma_i = u_i^T dF v_i: no division, finite whatever the spectrum.
+  dsigma = jnp.einsum("bi,bd,id->i", u[:, tail], dfeatures.astype(u.dtype), vt[tail])
+  return jnp.sum(jnp.square(sigma)), jnp.sum(2.0 * sigma * dsigma)
 
 
 def objective(ctx, params, state, batch, key, anchor=None):
