@@ -1,0 +1,108 @@
+"""Preemptible capacity on a real Slurm (tests/slurm_cluster.py: munged + slurmctld + slurmd
+from Debian's slurm-wlm, started in a temp dir and stopped at the end).
+
+`launch/slurm.sh` submits a 2-task CPU run (2 JAX processes joined by jax.distributed) of
+the synthetic pair; the test preempts it mid-run with `scontrol requeue`, Slurm restarts
+it (same command, same job), and the result is bitwise that of an uninterrupted 2-process
+run (`launch/local.sh`). Skipped only where the binaries are absent (.ci/run installs them)
+or not root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import slurm_cluster
+from tests.test_reliability import TIMING_KEYS, _digest, subprocess_env
+from merlin_jax.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
+# joint (the cheapest step to compile); long enough after checkpoint 10 that the requeue
+# lands mid-run (~15 steps/s here).
+RUN = {"method": "joint", "total_steps": 80, "checkpoint_every": 10, "eval.every": 10}
+FLAGS = [f"--config.{k}={v}" for k, v in RUN.items()]
+VENV = os.path.dirname(os.path.dirname(sys.executable))
+
+pytestmark = pytest.mark.skipif(slurm_cluster.missing() is not None,
+                                reason=f"real Slurm unavailable: {slurm_cluster.missing()}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+  c = slurm_cluster.Cluster(str(tmp_path_factory.mktemp("slurm")))
+  try:
+    yield c.start()
+  finally:
+    c.stop()
+
+
+def _records(workdir):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def _wait_for(what, until, timeout, cluster=None, log=None):
+  deadline = time.time() + timeout
+  while not until():
+    if time.time() > deadline:
+      tail = open(log).read()[-4000:] if log and os.path.exists(log) else ""
+      pytest.fail(f"timed out waiting for {what}\n{tail}\n{cluster.log_tail() if cluster else ''}")
+    time.sleep(0.1)
+
+
+def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster):
+  t0 = time.time()
+  env = subprocess_env(tmp_path / "jax_cache")
+  # The uninterrupted 2-process run (also fills the compilation cache the job then uses).
+  reference = tmp_path / "reference"
+  out = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "--processes=2",
+                        f"--config={CONFIG}", f"--workdir={reference}", "--timeout=300",
+                        f"--python={sys.executable}", "--", *FLAGS],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+  assert out.returncode == 0, out.stderr[-4000:]
+  t_reference = time.time() - t0
+
+  workdir = tmp_path / "run"
+  out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), f"--config={CONFIG}",
+                        f"--workdir={workdir}", "--gpus-per-node=0", "--ntasks-per-node=2",
+                        "--signal-s=30", f"--venv={VENV}", "--", *FLAGS],
+                       env=dict(env, **cluster.env), cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+  assert out.returncode == 0, out.stderr
+  job = out.stdout.strip().splitlines()[-1]
+  assert "sbatch --parsable --requeue --signal=B:TERM@30" in out.stdout
+  log = str(workdir / "logs" / f"slurm-{job}.log")
+
+  # Preempt as soon as checkpoint 10 is committed (the run is then mid-way).
+  _wait_for("checkpoint 10", lambda: os.path.isdir(workdir / "checkpoints" / "10"), 300,
+            cluster, log)
+  t_preempt = time.time()
+  cluster.run("scontrol", "requeue", job)
+  # Slurm holds a requeued job back (Reason=BeginTime, ~2 min); the test lets it start now.
+  _wait_for("the requeue", lambda: cluster.job(job).get("Reason") == "BeginTime", 120,
+            cluster, log)
+  cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+  t_requeued = time.time()
+  _wait_for("the job to end", lambda: cluster.job(job)["JobState"] in
+            ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"), 300, cluster, log)
+  t_end = time.time()
+  info = cluster.job(job)
+  text = open(log).read()
+  assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text[-4000:])
+  assert info["Restarts"] == "1"
+  stopped = int(text.split("merlin_jax: preempted at step ")[1].split(":")[0])
+  assert 10 <= stopped < RUN["total_steps"], text[-4000:]
+  assert "Exited with exit code 75" in text and "requeued to resume" in text
+  assert f"Resumed from {workdir / 'checkpoints'} at step {stopped}" in text
+  assert _records(workdir) == _records(reference)
+  assert _digest(workdir / "model.safetensors") == _digest(reference / "model.safetensors")
+  print(f"TIMING|slurm|reference run (local.sh, 2 processes) {t_reference:.0f} s; submit to "
+        f"checkpoint 10 {t_preempt - t0 - t_reference:.0f} s; requeue to pending "
+        f"{t_requeued - t_preempt:.0f} s; restart to the end {t_end - t_requeued:.0f} s; "
+        f"stopped at step {stopped}; total {t_end - t0:.0f} s")
