@@ -310,3 +310,22 @@ def test_local_launch_runs_two_processes(tmp_path):
 
 def _log(path):
   return path.read_text()[-2000:] if path.exists() else ""
+
+
+def test_gpu_sbatch_requeues_signals_early_and_logs_into_the_workdir():
+  cmds = _commands(_dry_run("gpu.sh", "sbatch", "--nodes=2", "--gpus-per-node=8",
+                            "--time=24:00:00", "--signal-s=600", "--config=configs/food_cub.py",
+                            "--workdir=/shared/merlin", "--", "--config.seed=1"))
+  assert len(cmds) == 1
+  cmd = cmds[0]
+  assert cmd[:3] == ["sbatch", "--parsable", "--requeue"]
+  assert _flag(cmd, "signal") == "B:TERM@600" and _flag(cmd, "time") == "24:00:00"
+  assert _flag(cmd, "output") == "/shared/merlin/logs/slurm-%j.log"
+  assert _flag(cmd, "open-mode") == "append"           # one log across restarts
+  assert not any(a.startswith("--cpus-per-task") for a in cmd)   # from the allocation
+  i = cmd.index("-m")
+  assert cmd[i - 2].endswith("launch/slurm_job.sh") and cmd[i + 1] == "merlin_jax.main"
+  assert _flag(cmd[i:], "multihost") == "on" and cmd[-1] == "--config.seed=1"
+  # gpu.sh slurm (foreground srun) no longer asks for a fixed number of CPUs either.
+  srun = _commands(_dry_run("gpu.sh", "slurm", "--config=c", "--workdir=/w"))[0]
+  assert not any(a.startswith("--cpus-per-task") for a in srun)
