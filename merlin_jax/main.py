@@ -13,7 +13,9 @@ status 2; `--verbose` shows the traceback. Exit status:
   75  preempted (SIGTERM, or Ctrl-C once): a checkpoint of the current step was saved;
       rerun the same command to resume (EX_TEMPFAIL)
   130 Ctrl-C twice: stopped at once, nothing saved since the last checkpoint
-A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun.
+A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun. With
+several processes, one that dies makes the others stop within seconds with status 75
+(merlin_jax/lifeline.py).
 """
 
 import re
@@ -100,6 +102,17 @@ def run(argv=None):
 
 
 def main(argv):
+  from merlin_jax import lifeline
+  try:
+    _main(argv)
+  finally:
+    # A run that ends in order (done, 75, 2, 3, 130: all SystemExit here) tells the other
+    # processes so; one that crashes does not, and they stop at once with status 75.
+    if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], SystemExit):
+      lifeline.disarm()
+
+
+def _main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   from merlin_jax.metrics import quiet_library_logs
@@ -110,6 +123,8 @@ def main(argv):
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
+    from merlin_jax import lifeline
+    lifeline.arm_from_jax(_DIST_TIMEOUT.value)   # a dead process: the others exit 75 at once
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:   # Ctrl-C twice (once saves a checkpoint: Preempted below)
     _fail("interrupted (second Ctrl-C): stopped without saving; rerun the same command to "

@@ -17,16 +17,10 @@ import time
 
 import pytest
 
-from tests import slurm_cluster
-from tests.test_reliability import TIMING_KEYS, _digest, subprocess_env
-from merlin_jax.metrics import read_jsonl
+from tests import slurm_cluster, two_process
+from tests.two_process import CONFIG, FLAGS, RUN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
-# joint (the cheapest step to compile); long enough after checkpoint 10 that the requeue
-# lands mid-run (~15 steps/s here).
-RUN = {"method": "joint", "total_steps": 80, "checkpoint_every": 10, "eval.every": 10}
-FLAGS = [f"--config.{k}={v}" for k, v in RUN.items()]
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 
 pytestmark = pytest.mark.skipif(slurm_cluster.missing() is not None,
@@ -42,11 +36,6 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-def _records(workdir):
-  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
-
-
 def _wait_for(what, until, timeout, cluster=None, log=None):
   deadline = time.time() + timeout
   while not until():
@@ -56,17 +45,12 @@ def _wait_for(what, until, timeout, cluster=None, log=None):
     time.sleep(0.1)
 
 
-def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster):
+def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster,
+                                                             two_process_reference):
+  # The uninterrupted 2-process run (launch/local.sh; it also filled the compilation cache).
+  reference, cache = two_process_reference
+  env = two_process.env(cache)
   t0 = time.time()
-  env = subprocess_env(tmp_path / "jax_cache")
-  # The uninterrupted 2-process run (also fills the compilation cache the job then uses).
-  reference = tmp_path / "reference"
-  out = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "--processes=2",
-                        f"--config={CONFIG}", f"--workdir={reference}", "--timeout=300",
-                        f"--python={sys.executable}", "--", *FLAGS],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
-  assert out.returncode == 0, out.stderr[-4000:]
-  t_reference = time.time() - t0
 
   workdir = tmp_path / "run"
   out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), f"--config={CONFIG}",
@@ -100,9 +84,7 @@ def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster):
   assert 10 <= stopped < RUN["total_steps"], text[-4000:]
   assert "Exited with exit code 75" in text and "requeued to resume" in text
   assert f"Resumed from {workdir / 'checkpoints'} at step {stopped}" in text
-  assert _records(workdir) == _records(reference)
-  assert _digest(workdir / "model.safetensors") == _digest(reference / "model.safetensors")
-  print(f"TIMING|slurm|reference run (local.sh, 2 processes) {t_reference:.0f} s; submit to "
-        f"checkpoint 10 {t_preempt - t0 - t_reference:.0f} s; requeue to pending "
+  two_process.assert_same_result(workdir, reference)
+  print(f"TIMING|slurm|submit to checkpoint 10 {t_preempt - t0:.0f} s; requeue to pending "
         f"{t_requeued - t_preempt:.0f} s; restart to the end {t_end - t_requeued:.0f} s; "
         f"stopped at step {stopped}; total {t_end - t0:.0f} s")
