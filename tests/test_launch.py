@@ -42,8 +42,7 @@ def _flag(cmd, name):
 TPU_ARGS = ("--name=merlin-pod", "--zone=us-central2-b", "--accelerator-type=v4-32",
             "--project=my-proj", "--config=configs/food_cub.py",
             "--workdir=/mnt/my-bucket/merlin/food_cub",
-            "--data-dir=gs://my-bucket/tensorflow_datasets", "--gcsfuse=my-bucket",
-            "--", "--config.seed=1")
+            "--data-dir=gs://my-bucket/tensorflow_datasets", "--", "--config.seed=1")
 
 
 @pytest.mark.parametrize("env_dry_run", [False, True])
@@ -60,13 +59,13 @@ def test_tpu_pod_commands(env_dry_run):
   ssh = [_flag(c, "command") for c in gcloud if c[4] == "ssh"]
   setup = [s for s in ssh if "requirements.txt" in s]
   assert len(setup) == 1 and "jax[tpu]==" in setup[0] and "venv" in setup[0]
-  assert any("gcsfuse" in s and "/mnt/my-bucket" in s for s in ssh)
   run = [shlex.split(s.split("&&")[-1]) for s in ssh if "merlin_jax.main" in s]
   assert len(run) == 1
   run = run[0]
-  # Detached from the SSH session, a log per worker in the workdir.
+  # Detached from the SSH session, in the restart loop, a log per worker in the workdir.
   start, end = run.index("~/venv/bin/python"), run.index("</dev/null")
-  assert run[:start] == ["setsid", "nohup"] and run[end + 2:end + 4] == ["2>&1", "&"]
+  assert run[:start] == ["setsid", "nohup", "launch/tpu_worker.sh", "merlin-pod"]
+  assert run[end + 2:end + 4] == ["2>&1", "&"]
   assert run[end + 1] == ">>/mnt/my-bucket/merlin/food_cub/logs/$(hostname).log"
   assert any("mkdir -p /mnt/my-bucket/merlin/food_cub/logs" in s for s in ssh)
   main = run[start:end]
@@ -90,23 +89,27 @@ def test_tpu_pod_prints_how_to_follow_and_stop_the_detached_job():
   assert len(follow) == 1 and "--worker=0" in follow[0] and "tail -F" in follow[0]
   assert "/mnt/my-bucket/merlin/food_cub/logs/" in follow[0]
   assert len(stop) == 1 and "--steps=stop" in stop[0] and "--name=merlin-pod" in stop[0]
-  # The stop step: SIGTERM (a checkpoint, exit 75) to the job's processes on every worker.
+  # The stop step: SIGTERM (a checkpoint, exit 75) to the job's process group on every
+  # worker, found by its pid file (tested for real in test_tpu_worker_*).
   cmds = _commands(_dry_run("tpu_pod.sh", "--name=merlin-pod", "--zone=z", "--steps=stop"))
   assert len(cmds) == 1 and "--worker=all" in cmds[0]
   command = _flag(cmds[0], "command")
-  assert command.startswith("pkill -TERM -f '[v]env/bin/python -m merlin_jax.main'")
+  assert command == ("test -f ~/merlin_jobs/merlin-pod.pid && "
+                     "kill -TERM -- -$(cat ~/merlin_jobs/merlin-pod.pid) || true")
+  assert "pkill" not in out.stdout
 
 
 def test_tpu_pod_gs_workdir_logs_through_log_to_uri():
   """A gs:// workdir is passed as is (orbax and merlin_jax.fs write it); each worker's log
   is written locally and copied to WORKDIR/logs by launch/log_to_uri.sh."""
   args = [a if not a.startswith("--workdir=") else "--workdir=gs://my-bucket/merlin/run"
-          for a in TPU_ARGS if not a.startswith("--gcsfuse")]
+          for a in TPU_ARGS]
   out = _dry_run("tpu_pod.sh", "--steps=run", *args)
   ssh = [_flag(c, "command") for c in _commands(out)]
   run = shlex.split(ssh[0].split("&&")[-1])
   start = run.index("launch/log_to_uri.sh")
-  assert run[:start] == ["setsid", "nohup"] and run[start + 1] == "gs://my-bucket/merlin/run/logs"
+  assert run[:start] == ["setsid", "nohup", "launch/tpu_worker.sh", "merlin-pod"]
+  assert run[start + 1] == "gs://my-bucket/merlin/run/logs"
   main = run[start + 2:run.index("</dev/null")]
   assert main[:3] == ["~/venv/bin/python", "-m", "merlin_jax.main"]
   assert _flag(main, "workdir") == "gs://my-bucket/merlin/run"
@@ -165,7 +168,9 @@ def test_tpu_pod_steps_delete_and_bad_workdir():
   cmds = _commands(_dry_run("tpu_pod.sh", "--steps=run", "--delete", *TPU_ARGS[:-2]))
   # The job runs detached: --delete first waits until it has ended on every worker.
   assert [c[4] for c in cmds] == ["ssh", "ssh", "delete"]
-  assert _flag(cmds[1], "command").startswith("while pgrep -f '[v]env/bin/python")
+  assert _flag(cmds[1], "command") == ("while test -f ~/merlin_jobs/merlin-pod.pid && kill -0 "
+                                       "$(cat ~/merlin_jobs/merlin-pod.pid) 2>/dev/null; do "
+                                       "sleep 60; done")
   bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=s3://b/w")
   assert bad.returncode == 2 and "--workdir" in bad.stderr
   missing = _dry_run("tpu_pod.sh", "--zone=z", "--config=c.py", "--workdir=/w")
