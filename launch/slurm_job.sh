@@ -35,9 +35,8 @@ forward() {
 }
 trap forward TERM
 # `wait` returns early when the trap runs: wait again until the step has ended.
-while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; done
-wait "$STEP"
-RC=$?
+wait "$STEP"; RC=$?
+while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; RC=$?; done
 if (( RC == 75 )); then
   if (( RESTART < MAX_RESTARTS )); then
     say "stopped with status 75 (preempted or a dead worker): requeued to resume"

@@ -32,9 +32,9 @@ while :; do
   say "start $restarts on $(hostname)"
   "$@" &
   child=$!
-  while kill -0 "$child" 2>/dev/null; do wait "$child"; done
-  wait "$child"
-  rc=$?
+  # `wait` returns early (status > 128) when the trap runs: wait again while it lives.
+  wait "$child"; rc=$?
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
   if (( stopping )); then say "stopped (status $rc); run again to resume"; break; fi
   if (( rc == 75 || rc > 128 )) && (( restarts < ${MERLIN_MAX_RESTARTS:-20} )); then
     restarts=$((restarts + 1))

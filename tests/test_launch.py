@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -334,3 +335,80 @@ def test_gpu_sbatch_requeues_signals_early_and_logs_into_the_workdir():
   # gpu.sh slurm (foreground srun) no longer asks for a fixed number of CPUs either.
   srun = _commands(_dry_run("gpu.sh", "slurm", "--config=c", "--workdir=/w"))[0]
   assert not any(a.startswith("--cpus-per-task") for a in srun)
+
+
+def test_tpu_pod_refuses_gcsfuse_pointing_to_the_gs_workdir():
+  out = _dry_run("tpu_pod.sh", *TPU_ARGS[:-2], "--gcsfuse=my-bucket")
+  assert out.returncode == 2 and out.stdout == ""
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--workdir=gs://my-bucket/" in lines[0] and "rename" in lines[0]
+
+
+def _worker_env(tmp_path, **extra):
+  return dict(os.environ, HOME=str(tmp_path), MERLIN_RESTART_DELAY_S="0.1", **extra)
+
+
+def _stop_command(job):
+  """The command tpu_pod.sh's stop step runs on every worker."""
+  cmds = _commands(_dry_run("tpu_pod.sh", "--name=pod", "--zone=z", f"--job={job}",
+                            "--steps=stop"))
+  return _flag(cmds[0], "command")
+
+
+# A stand-in training command: SIGTERM -> "checkpoint" and exit 75, like merlin_jax.main.
+_FAKE_RUN = ('trap \'echo saved; exit 75\' TERM; echo "start $*" >> "$HOME/$1.calls"; '
+             'for i in $(seq 600); do sleep 0.1; done')
+
+
+def test_tpu_worker_stop_targets_its_own_job_and_leaves_another_untouched(tmp_path):
+  env = _worker_env(tmp_path)
+  worker = os.path.join(ROOT, "launch", "tpu_worker.sh")
+  jobs = {}
+  for job in ("a", "b"):
+    jobs[job] = subprocess.Popen(["setsid", worker, job, "bash", "-c", _FAKE_RUN, "x", job],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+  try:
+    pidfile = tmp_path / "merlin_jobs" / "a.pid"
+    deadline = time.time() + 30
+    while not all((tmp_path / f"{j}.calls").exists() for j in jobs):
+      assert time.time() < deadline
+      time.sleep(0.05)
+    assert int(pidfile.read_text()) == jobs["a"].pid
+    # The same job twice on a worker is refused.
+    again = subprocess.run([worker, "a", "true"], env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "already runs here" in again.stderr
+    stop = subprocess.run(["bash", "-c", _stop_command("a")], env=env, timeout=30)
+    assert stop.returncode == 0
+    out, _ = jobs["a"].communicate(timeout=30)
+    assert jobs["a"].returncode == 75 and "saved" in out and "stopped (status 75)" in out
+    assert (tmp_path / "a.calls").read_text().count("start") == 1   # no restart after a stop
+    assert not pidfile.exists() and (tmp_path / "merlin_jobs" / "a.status").read_text() == "75\n"
+    assert jobs["b"].poll() is None            # the other job on the worker runs on
+    assert (tmp_path / "merlin_jobs" / "b.pid").exists()
+  finally:
+    for p in jobs.values():
+      if p.poll() is None:
+        os.killpg(p.pid, 15)
+        p.wait(timeout=30)
+  assert jobs["b"].returncode == 75
+
+
+def test_tpu_worker_restarts_a_preempted_or_killed_run_until_it_is_done(tmp_path):
+  # 1st start: preempted (75); 2nd: killed (SIGKILL, 137); 3rd: done (0).
+  script = ('n=$(cat "$HOME/n" 2>/dev/null || echo 0); echo $((n + 1)) > "$HOME/n"; '
+            'echo "start $n $*"; case $n in 0) exit 75 ;; 1) kill -9 $$ ;; *) exit 0 ;; esac')
+  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_worker.sh"), "job", "bash", "-c",
+                        script, "x", "--workdir=w"], env=_worker_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  starts = [l for l in out.stdout.splitlines() if l.startswith("start")]
+  assert starts == ["start 0 --workdir=w", "start 1 --workdir=w", "start 2 --workdir=w"]
+  assert "status 75" in out.stdout and "status 137" in out.stdout
+  assert (tmp_path / "merlin_jobs" / "job.status").read_text() == "0\n"
+  # A bad-input status (2) is not restarted.
+  (tmp_path / "n").unlink()
+  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_worker.sh"), "job2", "bash", "-c",
+                        "echo start; exit 2"], env=_worker_env(tmp_path), capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 2 and out.stdout.count("\nstart\n") == 1 and "restarting" not in out.stdout
