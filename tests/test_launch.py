@@ -412,3 +412,77 @@ def test_tpu_worker_restarts_a_preempted_or_killed_run_until_it_is_done(tmp_path
                         "echo start; exit 2"], env=_worker_env(tmp_path), capture_output=True,
                        text=True, timeout=60)
   assert out.returncode == 2 and out.stdout.count("\nstart\n") == 1 and "restarting" not in out.stdout
+
+
+_FAKE_GCLOUD = r'''#!/usr/bin/env bash
+# Stand-in gcloud: records each call; `queued-resources describe` answers the next line of
+# $FAKE/states (then ACTIVE); `tpu-vm ssh` runs --command here (one worker, HOME = the
+# worker's home) except the package set-up; `tpu-vm scp` copies into HOME.
+echo "gcloud $*" >> "$FAKE/calls"
+case "$2 $3 $4" in
+  "tpus queued-resources describe")
+    n=$(( $(cat "$FAKE/n" 2>/dev/null || echo 0) + 1 )); echo $n > "$FAKE/n"
+    state=$(sed -n "${n}p" "$FAKE/states"); echo "${state:-ACTIVE}" ;;
+  "tpus tpu-vm ssh")
+    for a in "$@"; do [[ "$a" == --command=* ]] && cmd="${a#--command=}"; done
+    [[ "$cmd" == *apt-get* ]] || (cd "$HOME" && bash -c "$cmd") ;;
+  "tpus tpu-vm scp") cp "$5" "$HOME/${6#*:}" ;;
+esac
+exit 0
+'''
+
+# The worker's venv python, standing in for merlin_jax.main: the 1st start is preempted
+# (status 75, as after SIGTERM or a dead peer), the 2nd resumes and finishes.
+_FAKE_PYTHON = r'''#!/usr/bin/env bash
+echo "$*" >> "$HOME/starts"
+if [[ $(wc -l < "$HOME/starts") == 1 ]]; then echo "preempted at step 30"; exit 75; fi
+echo "Resumed at step 30"; echo done > "$HOME/finished"
+'''
+
+
+def test_tpu_pod_spot_supervise_recreates_a_preempted_pod_and_the_job_resumes(tmp_path):
+  """--spot --steps=supervise with a stand-in gcloud: the queued resource is found
+  SUSPENDED (spot preemption), so it is deleted, created again (--spot), waited for, the
+  code copied and the job started in the restart loop; its first start is preempted (75),
+  the loop reruns the same command, and supervise ends when worker 0 reports status 0."""
+  fake, home, bin_dir = tmp_path / "fake", tmp_path / "home", tmp_path / "bin"
+  for d in (fake, home, bin_dir, home / "venv" / "bin"):
+    d.mkdir(parents=True)
+  (fake / "states").write_text("SUSPENDED\nWAITING_FOR_RESOURCES\nACTIVE\n")
+  for path, text in ((bin_dir / "gcloud", _FAKE_GCLOUD),
+                     (home / "venv" / "bin" / "python", _FAKE_PYTHON)):
+    path.write_text(text)
+    path.chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(home), FAKE=str(fake),
+             MERLIN_SUPERVISE_S="0.2", MERLIN_RESTART_DELAY_S="0.1", TMPDIR=str(tmp_path))
+  env.pop("DRY_RUN", None)
+  workdir = tmp_path / "shared" / "run"
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu_pod.sh"), "--name=pod",
+                        "--zone=z", "--accelerator-type=v5litepod-16", "--spot",
+                        "--config=configs/digits.py", f"--workdir={workdir}",
+                        "--steps=supervise", "--", "--config.seed=1"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "queued resource pod is SUSPENDED: creating it again" in out.stdout
+  assert "supervise: job pod is done" in out.stdout
+  calls = [shlex.split(c)[1:] for c in (fake / "calls").read_text().splitlines()]
+  kinds = [" ".join(c[2:4]) for c in calls]
+  i_delete = kinds.index("queued-resources delete")
+  i_create = kinds.index("queued-resources create")
+  create = calls[i_create]
+  assert "--spot" in create and _flag(create, "node-id") == "pod"
+  assert _flag(create, "runtime-version") == "v2-alpha-tpuv5-lite"
+  assert _flag(create, "accelerator-type") == "v5litepod-16"
+  # Created only after the old one is deleted; started only once it is ACTIVE.
+  i_start = next(i for i, c in enumerate(calls) if "tpu_worker.sh" in " ".join(c))
+  assert i_delete < i_create < kinds.index("tpu-vm scp") < i_start
+  assert kinds[i_create + 1:i_create + 3] == ["queued-resources describe"] * 2
+  # The job restarted by itself with the same command, and finished.
+  starts = (home / "starts").read_text().splitlines()
+  assert len(starts) == 2 and starts[0] == starts[1]
+  assert f"--workdir={workdir}" in starts[0] and "--config.seed=1" in starts[0]
+  assert (home / "finished").exists()
+  assert (home / "merlin_jobs" / "pod.status").read_text() == "0\n"
+  log = next((workdir / "logs").glob("*.log")).read_text()
+  assert "preempted at step 30" in log and "restarting" in log and "Resumed at step 30" in log
+  print("COMMANDS|" + "\nCOMMANDS|".join(" ".join(c) for c in calls))
