@@ -27,16 +27,24 @@ CPUS="${SLURM_CPUS_PER_TASK:-$(( NODE_CPUS / TASKS_PER_NODE ))}"
 (( CPUS >= 1 )) || CPUS=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"
 
-srun --kill-on-bad-exit=1 "--cpus-per-task=$CPUS" "$@" &
+# srun's status through a file: a `wait` cut short by the TERM trap loses it. The subshell
+# outlives a job-wide SIGTERM (its trap) while srun, in its foreground, handles it.
+RCFILE="$(mktemp)"
+( trap 'true' TERM; srun --kill-on-bad-exit=1 "--cpus-per-task=$CPUS" "$@"; echo $? >"$RCFILE" ) &
 STEP=$!
+forwarded=0
 forward() {
+  (( forwarded )) && return
+  forwarded=1
   say "SIGTERM: asking the processes to checkpoint and stop"
-  kill -TERM "$STEP" 2>/dev/null   # srun forwards it to every task
+  # To the job's steps (the tasks), not to srun: srun answers SIGTERM by killing the step.
+  scancel --signal=TERM "$SLURM_JOB_ID"
 }
 trap forward TERM
-# `wait` returns early when the trap runs: wait again until the step has ended.
-wait "$STEP"; RC=$?
-while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; RC=$?; done
+while kill -0 "$STEP" 2>/dev/null; do wait "$STEP"; done
+RC="$(cat "$RCFILE" 2>/dev/null)"
+RC="${RC:-1}"
+rm -f "$RCFILE"
 if (( RC == 75 )); then
   if (( RESTART < MAX_RESTARTS )); then
     say "stopped with status 75 (preempted or a dead worker): requeued to resume"

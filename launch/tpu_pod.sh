@@ -214,11 +214,12 @@ if has_step supervise; then
         printf 'supervise: job %s is done\n' "$JOB"
         break
       fi
-    else
+    elif [[ -z "$state" || "$state" == SUSPENDED || "$state" == FAILED ]]; then
+      # SUSPENDED: the spot pod was preempted and its VMs deleted; it will not come back.
       printf 'supervise: queued resource %s is %s: creating it again\n' "$NAME" "${state:-gone}"
       run "${QR[@]}" delete "$NAME" "${WHERE[@]}" --force --quiet || true
       create_pod && copy_code && setup_workers && start_job
-    fi
+    fi   # else (WAITING_FOR_RESOURCES, PROVISIONING, SUSPENDING, ...): keep its place, wait
     [[ "$DRY_RUN" == 1 ]] && break
     sleep "${MERLIN_SUPERVISE_S:-300}"
   done

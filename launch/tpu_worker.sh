@@ -25,16 +25,18 @@ fi
 echo $$ >"$pidfile"
 rm -f "$dir/$job.status"
 stopping=0
-trap 'stopping=1' TERM INT      # the group's SIGTERM also reaches COMMAND, which saves
+trap 'stopping=1' TERM INT   # the group's SIGTERM also reaches COMMAND, which saves
 say() { printf 'tpu_worker.sh: %s: %s (%s)\n' "$job" "$*" "$(date -u +%FT%TZ)"; }
 restarts=0
 while :; do
   say "start $restarts on $(hostname)"
-  "$@" &
+  # COMMAND's status through a file: a `wait` cut short by the trap loses it. The subshell
+  # outlives the group's SIGTERM (a trap; COMMAND itself gets the default handling).
+  rm -f "$dir/$job.rc"
+  ( trap 'true' TERM INT; "$@"; echo $? >"$dir/$job.rc" ) &
   child=$!
-  # `wait` returns early (status > 128) when the trap runs: wait again while it lives.
-  wait "$child"; rc=$?
-  while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+  rc="$(cat "$dir/$job.rc" 2>/dev/null || echo 1)"
   if (( stopping )); then say "stopped (status $rc); run again to resume"; break; fi
   if (( rc == 75 || rc > 128 )) && (( restarts < ${MERLIN_MAX_RESTARTS:-20} )); then
     restarts=$((restarts + 1))
@@ -47,5 +49,5 @@ while :; do
   break
 done
 echo "$rc" >"$dir/$job.status"
-rm -f "$pidfile"
+rm -f "$pidfile" "$dir/$job.rc"
 exit "$rc"

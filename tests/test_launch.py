@@ -448,7 +448,9 @@ def test_tpu_pod_spot_supervise_recreates_a_preempted_pod_and_the_job_resumes(tm
   fake, home, bin_dir = tmp_path / "fake", tmp_path / "home", tmp_path / "bin"
   for d in (fake, home, bin_dir, home / "venv" / "bin"):
     d.mkdir(parents=True)
-  (fake / "states").write_text("SUSPENDED\nWAITING_FOR_RESOURCES\nACTIVE\n")
+  # Still queued (kept: its place in the queue), then preempted, then granted again.
+  (fake / "states").write_text("WAITING_FOR_RESOURCES\nSUSPENDED\nWAITING_FOR_RESOURCES\n"
+                               "ACTIVE\n")
   for path, text in ((bin_dir / "gcloud", _FAKE_GCLOUD),
                      (home / "venv" / "bin" / "python", _FAKE_PYTHON)):
     path.write_text(text)
@@ -468,6 +470,7 @@ def test_tpu_pod_spot_supervise_recreates_a_preempted_pod_and_the_job_resumes(tm
   calls = [shlex.split(c)[1:] for c in (fake / "calls").read_text().splitlines()]
   kinds = [" ".join(c[2:4]) for c in calls]
   i_delete = kinds.index("queued-resources delete")
+  assert kinds[:i_delete] == ["queued-resources describe"] * 2
   i_create = kinds.index("queued-resources create")
   create = calls[i_create]
   assert "--spot" in create and _flag(create, "node-id") == "pod"

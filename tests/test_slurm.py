@@ -88,3 +88,47 @@ def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster,
   print(f"TIMING|slurm|submit to checkpoint 10 {t_preempt - t0:.0f} s; requeue to pending "
         f"{t_requeued - t_preempt:.0f} s; restart to the end {t_end - t_requeued:.0f} s; "
         f"stopped at step {stopped}; total {t_end - t0:.0f} s")
+
+
+# A stand-in for the venv's python (the batch script's handling, not training): the 1st
+# start saves on SIGTERM and exits 75, like merlin_jax.main; the 2nd finishes.
+_FAKE_PYTHON = """#!/usr/bin/env bash
+echo "task $SLURM_PROCID start ${SLURM_RESTART_COUNT:-0}: $*"
+[[ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]] && { echo "task $SLURM_PROCID done"; exit 0; }
+trap 'echo "task $SLURM_PROCID saved"; exit 75' TERM
+for i in $(seq 1200); do sleep 0.1; done
+"""
+
+
+def test_early_sigterm_to_the_batch_script_checkpoints_and_requeues(tmp_path, cluster):
+  """--signal=B:TERM@S sends SIGTERM to the batch script only (before the time limit): it
+  must reach the tasks (they save, exit 75) and the script must requeue the job itself.
+  `scancel --batch --signal=TERM` sends exactly that signal now."""
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "python").write_text(_FAKE_PYTHON)
+  (venv / "bin" / "python").chmod(0o755)
+  workdir = tmp_path / "run"
+  out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), f"--config={CONFIG}",
+                        f"--workdir={workdir}", "--gpus-per-node=0", "--ntasks-per-node=2",
+                        f"--venv={venv}"], env=cluster.env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 0, out.stderr
+  job = out.stdout.strip().splitlines()[-1]
+  log = str(workdir / "logs" / f"slurm-{job}.log")
+  _wait_for("both tasks", lambda: os.path.exists(log) and open(log).read().count(" start 0:") == 2,
+            60, cluster, log)
+  cluster.run("scancel", "--batch", "--signal=TERM", job)
+  _wait_for("the requeue", lambda: cluster.job(job).get("Reason") == "BeginTime", 60, cluster, log)
+  cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+  _wait_for("the job to end", lambda: cluster.job(job)["JobState"] in
+            ("COMPLETED", "FAILED", "CANCELLED"), 60, cluster, log)
+  info, text = cluster.job(job), open(log).read()
+  assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text)
+  assert "SIGTERM: asking the processes to checkpoint and stop" in text
+  assert text.count("saved") == 2 and "requeued to resume" in text
+  assert text.count(" start 1:") == 2 and text.count(" done") == 2
+  # The same command on both starts (nothing to change to resume).
+  starts = [l.split(": ", 1)[1] for l in text.splitlines() if l.startswith("task ")
+            and " start " in l]
+  assert len(starts) == 4 and len(set(starts)) == 1
