@@ -89,3 +89,66 @@ def test_kill9_of_one_process_during_a_save_stops_the_other_with_75_and_the_reru
   two_process.assert_same_result(workdir, reference)
   print(f"TIMING|lifeline|process 0 stopped {stopped_after:.1f} s after process 1 was killed; "
         f"resumed at step {max(steps)}")
+
+
+# The lifeline alone (no JAX, seconds): JAX's key-value store stood in for by a file.
+_PEER = textwrap.dedent("""
+    import os, sys, time
+    from merlin_jax import lifeline
+    kv = sys.argv[3]
+    class Client:  # JAX's DistributedRuntimeClient, as far as the lifeline uses it
+      def key_value_set(self, key, value):
+        open(kv + ".tmp", "w").write(value); os.replace(kv + ".tmp", kv)
+      def blocking_key_value_get(self, key, timeout_ms):
+        while not os.path.exists(kv): time.sleep(0.01)
+        return open(kv).read()
+    lifeline.arm(Client(), int(sys.argv[1]), 2, "127.0.0.1")
+    print("armed", flush=True)
+    if sys.argv[2] == "end_in_order":
+      lifeline.disarm(); sys.exit(0)
+    time.sleep(60)
+    print("still running", flush=True)
+""")
+
+
+def _peers(tmp_path, role1):
+  kv = str(tmp_path / "kv")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  procs = [subprocess.Popen([sys.executable, "-c", _PEER, str(i), role, kv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i, role in ((0, "wait"), (1, role1))]
+  for p in procs:
+    assert p.stdout.readline().strip() == "armed"
+  return procs
+
+
+def _end(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+
+
+def test_lifeline_a_killed_peer_stops_the_other_at_once_an_orderly_end_does_not(tmp_path):
+  for victim in (1, 0):   # a worker, then the coordinator's process
+    (tmp_path / str(victim)).mkdir()
+    procs = _peers(tmp_path / str(victim), "wait")
+    try:
+      procs[victim].kill()
+      t = time.time()
+      other = procs[1 - victim]
+      other.wait(timeout=10)
+      assert other.returncode == 75 and time.time() - t < 5
+      err = other.stderr.read().strip().splitlines()
+      assert len(err) == 1 and err[0].startswith(f"merlin_jax: process {victim} of this")
+    finally:
+      _end(procs)
+  # Process 1 ends in order (goodbye, exit 0): process 0 is not stopped.
+  (tmp_path / "ok").mkdir()
+  procs = _peers(tmp_path / "ok", "end_in_order")
+  try:
+    assert procs[1].wait(timeout=10) == 0
+    time.sleep(1)
+    assert procs[0].poll() is None
+  finally:
+    _end(procs)
