@@ -52,7 +52,7 @@ while [[ $# -gt 0 ]]; do
     --venv=*) VENV="${1#*=}" ;;
     --log-dir=*) LOG_DIR="${1#*=}" ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift

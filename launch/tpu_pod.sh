@@ -67,7 +67,7 @@ while [[ $# -gt 0 ]]; do
     --delete) DELETE=1; WAIT=1 ;;
     --wait) WAIT=1 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
