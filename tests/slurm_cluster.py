@@ -131,7 +131,18 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP Over
     return text
 
   def stop(self):
-    """Ends the daemons this object started, and nothing else."""
+    """Ends this cluster's jobs (a failed test may leave one running), then the daemons this
+    object started, and nothing else."""
+    try:
+      jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+      if jobs:
+        self.run("scancel", "--full", *jobs, check=False)
+        deadline = time.time() + 30
+        while (self.run("squeue", "-h", "-o", "%i", check=False).stdout.strip()
+               and time.time() < deadline):
+          time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - the daemons must be stopped whatever happens
+      pass
     pids = [_read_pid(self.pid_files[d]) for d in ("slurmd", "slurmctld")]
     pids.append(self._munged_pid)
     for pid in pids:
