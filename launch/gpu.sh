@@ -5,9 +5,13 @@
 #       [--gpus=0,1,2,3] [--data-dir=gs://my-bucket/tensorflow_datasets] [--dry-run] [-- EXTRA]
 #     one host, one process driving all its (or the listed) GPUs; no jax.distributed.
 #
+#   launch/gpu.sh sbatch --nodes=2 --gpus-per-node=8 --config=... --workdir=/shared/... [...]
+#     a batch job that Slurm requeues after a preemption and that resumes by itself:
+#     launch/slurm.sh (see its --help) with the same arguments.
+#
 #   launch/gpu.sh slurm --nodes=2 --gpus-per-node=8 --config=configs/food_cub.py \
 #       --workdir=/shared/merlin/food_cub [--gpu-binding=shared|task|node] [--partition=P] \
-#       [--time=24:00:00] [--account=A] [--cpus-per-task=8] [--data-dir=gs://...] \
+#       [--time=24:00:00] [--account=A] [--cpus-per-task=N] [--data-dir=gs://...] \
 #       [--dry-run] [-- EXTRA]
 #     `srun` starts the processes on every node (inside an sbatch/salloc allocation or
 #     creating one); jax.distributed.initialize reads the SLURM_* variables (coordinator =
@@ -27,10 +31,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 MODE="${1:-}"
-[[ "$MODE" == local || "$MODE" == slurm ]] || die "first argument: local or slurm (see --help)"
+if [[ "$MODE" == sbatch ]]; then
+  shift
+  exec "$(dirname "${BASH_SOURCE[0]}")/slurm.sh" "$@"
+fi
+[[ "$MODE" == local || "$MODE" == slurm ]] || die "first argument: local, slurm or sbatch (see --help)"
 shift
 CONFIG="" WORKDIR="" DATA_DIR="" GPUS="" NODES=1 GPUS_PER_NODE=8 PARTITION="" TIME="" ACCOUNT=""
-CPUS_PER_TASK=8 BINDING=shared
+CPUS_PER_TASK="" BINDING=shared
 VENV="${VENV:-.venv}"
 EXTRA=()
 while [[ $# -gt 0 ]]; do
@@ -49,7 +57,7 @@ while [[ $# -gt 0 ]]; do
     --venv=*) VENV="${1#*=}" ;;
     --gpu-binding=*) BINDING="${1#*=}" ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
   shift
@@ -71,7 +79,9 @@ else
     node) TASKS=(--ntasks-per-node=1 "--gpus-per-node=$GPUS_PER_NODE") ;;
     *) die "--gpu-binding=$BINDING: use shared, task or node" ;;
   esac
-  SRUN=(srun "--nodes=$NODES" "${TASKS[@]}" "--cpus-per-task=$CPUS_PER_TASK" --kill-on-bad-exit=1)
+  SRUN=(srun "--nodes=$NODES" "${TASKS[@]}" --kill-on-bad-exit=1)
+  # CPUs per task: as asked, else the allocation's default (no fixed number).
+  [[ -n "$CPUS_PER_TASK" ]] && SRUN+=("--cpus-per-task=$CPUS_PER_TASK")
   [[ -n "$PARTITION" ]] && SRUN+=("--partition=$PARTITION")
   [[ -n "$TIME" ]] && SRUN+=("--time=$TIME")
   [[ -n "$ACCOUNT" ]] && SRUN+=("--account=$ACCOUNT")

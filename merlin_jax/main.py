@@ -18,7 +18,9 @@ status 2; `--verbose` shows the traceback. Exit status:
   1   a bug in merlin_jax: one line too (--verbose for the traceback)
 A stop (SIGTERM, Ctrl-C) is answered within MERLIN_JAX_STOP_GRACE_S seconds (default 25) even
 when the run is stuck, e.g. on storage that does not answer: then exit 75 without saving.
-A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun.
+A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun. With
+several processes, one that dies makes the others stop within seconds with status 75
+(merlin_jax/lifeline.py).
 """
 
 import re
@@ -115,6 +117,17 @@ def run(argv=None):
 
 
 def main(argv):
+  from merlin_jax import lifeline
+  try:
+    _main(argv)
+  finally:
+    # A run that ends in order (done, 75, 2, 3, 130: all SystemExit here) tells the other
+    # processes so; one that crashes does not, and they stop at once with status 75.
+    if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], SystemExit):
+      lifeline.disarm()
+
+
+def _main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
   # The error boundary (merlin_jax/boundary.py): every failure is one line and an exit
@@ -129,6 +142,8 @@ def main(argv):
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
+    from merlin_jax import lifeline
+    lifeline.arm_from_jax(_DIST_TIMEOUT.value)   # a dead process: the others exit 75 at once
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -64,3 +64,12 @@ def numpy_init(backbone, example_shape, rng):
     raise AssertionError(f"unexpected variable {jax.tree_util.keystr(path)}")
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="session")
+def two_process_reference(tmp_path_factory):
+  """(workdir, compilation cache) of an uninterrupted 2-process CLI run (tests/two_process.py),
+  built once for tests/test_slurm.py and tests/test_lifeline.py."""
+  from tests import two_process
+  cache = tmp_path_factory.mktemp("two_process_jax_cache")
+  return two_process.build_reference(tmp_path_factory.mktemp("two_process_reference"), cache), cache

@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,8 +43,7 @@ def _flag(cmd, name):
 TPU_ARGS = ("--name=merlin-pod", "--zone=us-central2-b", "--accelerator-type=v4-32",
             "--project=my-proj", "--config=configs/food_cub.py",
             "--workdir=/mnt/my-bucket/merlin/food_cub",
-            "--data-dir=gs://my-bucket/tensorflow_datasets", "--gcsfuse=my-bucket",
-            "--", "--config.seed=1")
+            "--data-dir=gs://my-bucket/tensorflow_datasets", "--", "--config.seed=1")
 
 
 @pytest.mark.parametrize("env_dry_run", [False, True])
@@ -60,13 +60,13 @@ def test_tpu_pod_commands(env_dry_run):
   ssh = [_flag(c, "command") for c in gcloud if c[4] == "ssh"]
   setup = [s for s in ssh if "requirements.txt" in s]
   assert len(setup) == 1 and "jax[tpu]==" in setup[0] and "venv" in setup[0]
-  assert any("gcsfuse" in s and "/mnt/my-bucket" in s for s in ssh)
   run = [shlex.split(s.split("&&")[-1]) for s in ssh if "merlin_jax.main" in s]
   assert len(run) == 1
   run = run[0]
-  # Detached from the SSH session, a log per worker in the workdir.
+  # Detached from the SSH session, in the restart loop, a log per worker in the workdir.
   start, end = run.index("~/venv/bin/python"), run.index("</dev/null")
-  assert run[:start] == ["setsid", "nohup"] and run[end + 2:end + 4] == ["2>&1", "&"]
+  assert run[:start] == ["setsid", "nohup", "launch/tpu_worker.sh", "merlin-pod"]
+  assert run[end + 2:end + 4] == ["2>&1", "&"]
   assert run[end + 1] == ">>/mnt/my-bucket/merlin/food_cub/logs/$(hostname).log"
   assert any("mkdir -p /mnt/my-bucket/merlin/food_cub/logs" in s for s in ssh)
   main = run[start:end]
@@ -90,23 +90,27 @@ def test_tpu_pod_prints_how_to_follow_and_stop_the_detached_job():
   assert len(follow) == 1 and "--worker=0" in follow[0] and "tail -F" in follow[0]
   assert "/mnt/my-bucket/merlin/food_cub/logs/" in follow[0]
   assert len(stop) == 1 and "--steps=stop" in stop[0] and "--name=merlin-pod" in stop[0]
-  # The stop step: SIGTERM (a checkpoint, exit 75) to the job's processes on every worker.
+  # The stop step: SIGTERM (a checkpoint, exit 75) to the job's process group on every
+  # worker, found by its pid file (tested for real in test_tpu_worker_*).
   cmds = _commands(_dry_run("tpu_pod.sh", "--name=merlin-pod", "--zone=z", "--steps=stop"))
   assert len(cmds) == 1 and "--worker=all" in cmds[0]
   command = _flag(cmds[0], "command")
-  assert command.startswith("pkill -TERM -f '[v]env/bin/python -m merlin_jax.main'")
+  assert command == ("test -f ~/merlin_jobs/merlin-pod.pid && "
+                     "kill -TERM -- -$(cat ~/merlin_jobs/merlin-pod.pid) || true")
+  assert "pkill" not in out.stdout
 
 
 def test_tpu_pod_gs_workdir_logs_through_log_to_uri():
   """A gs:// workdir is passed as is (orbax and merlin_jax.fs write it); each worker's log
   is written locally and copied to WORKDIR/logs by launch/log_to_uri.sh."""
   args = [a if not a.startswith("--workdir=") else "--workdir=gs://my-bucket/merlin/run"
-          for a in TPU_ARGS if not a.startswith("--gcsfuse")]
+          for a in TPU_ARGS]
   out = _dry_run("tpu_pod.sh", "--steps=run", *args)
   ssh = [_flag(c, "command") for c in _commands(out)]
   run = shlex.split(ssh[0].split("&&")[-1])
   start = run.index("launch/log_to_uri.sh")
-  assert run[:start] == ["setsid", "nohup"] and run[start + 1] == "gs://my-bucket/merlin/run/logs"
+  assert run[:start] == ["setsid", "nohup", "launch/tpu_worker.sh", "merlin-pod"]
+  assert run[start + 1] == "gs://my-bucket/merlin/run/logs"
   main = run[start + 2:run.index("</dev/null")]
   assert main[:3] == ["~/venv/bin/python", "-m", "merlin_jax.main"]
   assert _flag(main, "workdir") == "gs://my-bucket/merlin/run"
@@ -165,7 +169,9 @@ def test_tpu_pod_steps_delete_and_bad_workdir():
   cmds = _commands(_dry_run("tpu_pod.sh", "--steps=run", "--delete", *TPU_ARGS[:-2]))
   # The job runs detached: --delete first waits until it has ended on every worker.
   assert [c[4] for c in cmds] == ["ssh", "ssh", "delete"]
-  assert _flag(cmds[1], "command").startswith("while pgrep -f '[v]env/bin/python")
+  assert _flag(cmds[1], "command") == ("while test -f ~/merlin_jobs/merlin-pod.pid && kill -0 "
+                                       "$(cat ~/merlin_jobs/merlin-pod.pid) 2>/dev/null; do "
+                                       "sleep 60; done")
   bad = _dry_run("tpu_pod.sh", "--name=x", "--zone=z", "--config=c.py", "--workdir=s3://b/w")
   assert bad.returncode == 2 and "--workdir" in bad.stderr
   missing = _dry_run("tpu_pod.sh", "--zone=z", "--config=c.py", "--workdir=/w")
@@ -310,3 +316,176 @@ def test_local_launch_runs_two_processes(tmp_path):
 
 def _log(path):
   return path.read_text()[-2000:] if path.exists() else ""
+
+
+def test_gpu_sbatch_requeues_signals_early_and_logs_into_the_workdir():
+  cmds = _commands(_dry_run("gpu.sh", "sbatch", "--nodes=2", "--gpus-per-node=8",
+                            "--time=24:00:00", "--signal-s=600", "--config=configs/food_cub.py",
+                            "--workdir=/shared/merlin", "--", "--config.seed=1"))
+  assert len(cmds) == 1
+  cmd = cmds[0]
+  assert cmd[:3] == ["sbatch", "--parsable", "--requeue"]
+  assert _flag(cmd, "signal") == "B:TERM@600" and _flag(cmd, "time") == "24:00:00"
+  assert _flag(cmd, "output") == "/shared/merlin/logs/slurm-%j.log"
+  assert _flag(cmd, "open-mode") == "append"           # one log across restarts
+  assert not any(a.startswith("--cpus-per-task") for a in cmd)   # from the allocation
+  i = cmd.index("-m")
+  assert cmd[i - 2].endswith("launch/slurm_job.sh") and cmd[i + 1] == "merlin_jax.main"
+  assert _flag(cmd[i:], "multihost") == "on" and cmd[-1] == "--config.seed=1"
+  # gpu.sh slurm (foreground srun) no longer asks for a fixed number of CPUs either.
+  srun = _commands(_dry_run("gpu.sh", "slurm", "--config=c", "--workdir=/w"))[0]
+  assert not any(a.startswith("--cpus-per-task") for a in srun)
+
+
+def test_tpu_pod_refuses_gcsfuse_pointing_to_the_gs_workdir():
+  out = _dry_run("tpu_pod.sh", *TPU_ARGS[:-2], "--gcsfuse=my-bucket")
+  assert out.returncode == 2 and out.stdout == ""
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--workdir=gs://my-bucket/" in lines[0] and "rename" in lines[0]
+
+
+def _worker_env(tmp_path, **extra):
+  return dict(os.environ, HOME=str(tmp_path), MERLIN_RESTART_DELAY_S="0.1", **extra)
+
+
+def _stop_command(job):
+  """The command tpu_pod.sh's stop step runs on every worker."""
+  cmds = _commands(_dry_run("tpu_pod.sh", "--name=pod", "--zone=z", f"--job={job}",
+                            "--steps=stop"))
+  return _flag(cmds[0], "command")
+
+
+# A stand-in training command: SIGTERM -> "checkpoint" and exit 75, like merlin_jax.main.
+_FAKE_RUN = ('trap \'echo saved; exit 75\' TERM; echo "start $*" >> "$HOME/$1.calls"; '
+             'for i in $(seq 600); do sleep 0.1; done')
+
+
+def test_tpu_worker_stop_targets_its_own_job_and_leaves_another_untouched(tmp_path):
+  env = _worker_env(tmp_path)
+  worker = os.path.join(ROOT, "launch", "tpu_worker.sh")
+  jobs = {}
+  for job in ("a", "b"):
+    jobs[job] = subprocess.Popen(["setsid", worker, job, "bash", "-c", _FAKE_RUN, "x", job],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+  try:
+    pidfile = tmp_path / "merlin_jobs" / "a.pid"
+    deadline = time.time() + 30
+    while not all((tmp_path / f"{j}.calls").exists() for j in jobs):
+      assert time.time() < deadline
+      time.sleep(0.05)
+    assert int(pidfile.read_text()) == jobs["a"].pid
+    # The same job twice on a worker is refused.
+    again = subprocess.run([worker, "a", "true"], env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "already runs here" in again.stderr
+    stop = subprocess.run(["bash", "-c", _stop_command("a")], env=env, timeout=30)
+    assert stop.returncode == 0
+    out, _ = jobs["a"].communicate(timeout=30)
+    assert jobs["a"].returncode == 75 and "saved" in out and "stopped (status 75)" in out
+    assert (tmp_path / "a.calls").read_text().count("start") == 1   # no restart after a stop
+    assert not pidfile.exists() and (tmp_path / "merlin_jobs" / "a.status").read_text() == "75\n"
+    assert jobs["b"].poll() is None            # the other job on the worker runs on
+    assert (tmp_path / "merlin_jobs" / "b.pid").exists()
+  finally:
+    for p in jobs.values():
+      if p.poll() is None:
+        os.killpg(p.pid, 15)
+        p.wait(timeout=30)
+  assert jobs["b"].returncode == 75
+
+
+def test_tpu_worker_restarts_a_preempted_or_killed_run_until_it_is_done(tmp_path):
+  # 1st start: preempted (75); 2nd: killed (SIGKILL, 137); 3rd: done (0).
+  script = ('n=$(cat "$HOME/n" 2>/dev/null || echo 0); echo $((n + 1)) > "$HOME/n"; '
+            'echo "start $n $*"; case $n in 0) exit 75 ;; 1) kill -9 $$ ;; *) exit 0 ;; esac')
+  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_worker.sh"), "job", "bash", "-c",
+                        script, "x", "--workdir=w"], env=_worker_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  starts = [l for l in out.stdout.splitlines() if l.startswith("start")]
+  assert starts == ["start 0 --workdir=w", "start 1 --workdir=w", "start 2 --workdir=w"]
+  assert "status 75" in out.stdout and "status 137" in out.stdout
+  assert (tmp_path / "merlin_jobs" / "job.status").read_text() == "0\n"
+  # A bad-input status (2) is not restarted.
+  (tmp_path / "n").unlink()
+  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_worker.sh"), "job2", "bash", "-c",
+                        "echo start; exit 2"], env=_worker_env(tmp_path), capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 2 and out.stdout.count("\nstart\n") == 1 and "restarting" not in out.stdout
+
+
+_FAKE_GCLOUD = r'''#!/usr/bin/env bash
+# Stand-in gcloud: records each call; `queued-resources describe` answers the next line of
+# $FAKE/states (then ACTIVE); `tpu-vm ssh` runs --command here (one worker, HOME = the
+# worker's home) except the package set-up; `tpu-vm scp` copies into HOME.
+echo "gcloud $*" >> "$FAKE/calls"
+case "$2 $3 $4" in
+  "tpus queued-resources describe")
+    n=$(( $(cat "$FAKE/n" 2>/dev/null || echo 0) + 1 )); echo $n > "$FAKE/n"
+    state=$(sed -n "${n}p" "$FAKE/states"); echo "${state:-ACTIVE}" ;;
+  "tpus tpu-vm ssh")
+    for a in "$@"; do [[ "$a" == --command=* ]] && cmd="${a#--command=}"; done
+    [[ "$cmd" == *apt-get* ]] || (cd "$HOME" && bash -c "$cmd") ;;
+  "tpus tpu-vm scp") cp "$5" "$HOME/${6#*:}" ;;
+esac
+exit 0
+'''
+
+# The worker's venv python, standing in for merlin_jax.main: the 1st start is preempted
+# (status 75, as after SIGTERM or a dead peer), the 2nd resumes and finishes.
+_FAKE_PYTHON = r'''#!/usr/bin/env bash
+echo "$*" >> "$HOME/starts"
+if [[ $(wc -l < "$HOME/starts") == 1 ]]; then echo "preempted at step 30"; exit 75; fi
+echo "Resumed at step 30"; echo done > "$HOME/finished"
+'''
+
+
+def test_tpu_pod_spot_supervise_recreates_a_preempted_pod_and_the_job_resumes(tmp_path):
+  """--spot --steps=supervise with a stand-in gcloud: the queued resource is found
+  SUSPENDED (spot preemption), so it is deleted, created again (--spot), waited for, the
+  code copied and the job started in the restart loop; its first start is preempted (75),
+  the loop reruns the same command, and supervise ends when worker 0 reports status 0."""
+  fake, home, bin_dir = tmp_path / "fake", tmp_path / "home", tmp_path / "bin"
+  for d in (fake, home, bin_dir, home / "venv" / "bin"):
+    d.mkdir(parents=True)
+  # Still queued (kept: its place in the queue), then preempted, then granted again.
+  (fake / "states").write_text("WAITING_FOR_RESOURCES\nSUSPENDED\nWAITING_FOR_RESOURCES\n"
+                               "ACTIVE\n")
+  for path, text in ((bin_dir / "gcloud", _FAKE_GCLOUD),
+                     (home / "venv" / "bin" / "python", _FAKE_PYTHON)):
+    path.write_text(text)
+    path.chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(home), FAKE=str(fake),
+             MERLIN_SUPERVISE_S="0.2", MERLIN_RESTART_DELAY_S="0.1", TMPDIR=str(tmp_path))
+  env.pop("DRY_RUN", None)
+  workdir = tmp_path / "shared" / "run"
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu_pod.sh"), "--name=pod",
+                        "--zone=z", "--accelerator-type=v5litepod-16", "--spot",
+                        "--config=configs/digits.py", f"--workdir={workdir}",
+                        "--steps=supervise", "--", "--config.seed=1"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "queued resource pod is SUSPENDED: creating it again" in out.stdout
+  assert "supervise: job pod is done" in out.stdout
+  calls = [shlex.split(c)[1:] for c in (fake / "calls").read_text().splitlines()]
+  kinds = [" ".join(c[2:4]) for c in calls]
+  i_delete = kinds.index("queued-resources delete")
+  assert kinds[:i_delete] == ["queued-resources describe"] * 2
+  i_create = kinds.index("queued-resources create")
+  create = calls[i_create]
+  assert "--spot" in create and _flag(create, "node-id") == "pod"
+  assert _flag(create, "runtime-version") == "v2-alpha-tpuv5-lite"
+  assert _flag(create, "accelerator-type") == "v5litepod-16"
+  # Created only after the old one is deleted; started only once it is ACTIVE.
+  i_start = next(i for i, c in enumerate(calls) if "tpu_worker.sh" in " ".join(c))
+  assert i_delete < i_create < kinds.index("tpu-vm scp") < i_start
+  assert kinds[i_create + 1:i_create + 3] == ["queued-resources describe"] * 2
+  # The job restarted by itself with the same command, and finished.
+  starts = (home / "starts").read_text().splitlines()
+  assert len(starts) == 2 and starts[0] == starts[1]
+  assert f"--workdir={workdir}" in starts[0] and "--config.seed=1" in starts[0]
+  assert (home / "finished").exists()
+  assert (home / "merlin_jobs" / "pod.status").read_text() == "0\n"
+  log = next((workdir / "logs").glob("*.log")).read_text()
+  assert "preempted at step 30" in log and "restarting" in log and "Resumed at step 30" in log
+  print("COMMANDS|" + "\nCOMMANDS|".join(" ".join(c) for c in calls))
