@@ -33,8 +33,11 @@ MODEL = "model"
 PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
-def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
+def make_mesh(num_data: int = -1, num_model: int = 1, devices=None) -> Mesh:
   """A ('data', 'model') mesh. num_data=-1: all devices not used by 'model'.
+
+  devices: default `jax.devices()`; a compile-only check (merlin_jax/compile_check.py)
+  passes the devices of a TPU topology description instead.
 
   Over all devices the layout is topology-aware (`mesh_utils.create_device_mesh`: on a TPU
   slice, neighbours on the interconnect are neighbours on the mesh axes); over several
@@ -43,7 +46,7 @@ def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
   (mesh.data smaller than all) is taken in `jax.devices()` order. Either way a 'model' group
   never leaves its host.
   """
-  devices = jax.devices()
+  devices = jax.devices() if devices is None else list(devices)
   num_model = 1 if num_model in (0, None) else int(num_model)
   if num_model < 1 or len(devices) % num_model:
     raise ConfigError("mesh.model", f"{num_model} devices asked on the 'model' axis but "
@@ -72,8 +75,8 @@ def device_grid(devices, num_data: int, num_model: int) -> np.ndarray:
   return mesh_utils.create_device_mesh((num_data, num_model), devices)
 
 
-def mesh_from_config(mesh_cfg) -> Mesh:
-  return make_mesh(mesh_cfg.data, mesh_cfg.get("model", 1))
+def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
+  return make_mesh(mesh_cfg.data, mesh_cfg.get("model", 1), devices)
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
