@@ -17,7 +17,8 @@ target:
       `tpu` extra: `pip install 'merlin_jax[tpu]'`);
   'v5e:1' (v4:1, v5p:1, v6e:1): one chip = a 1-device mesh over the first device of the
       generation's smallest slice (libtpu has no 1-chip topology);
-  'cpu:8': 8 CPU devices of this host (XLA:CPU; set before JAX starts its CPU backend).
+  'cpu:8': 8 CPU devices of this host (XLA:CPU; set before JAX starts its CPU backend);
+  'local': the devices this process has (a lent GPU/TPU host: bench/accelerator.py).
 config.mesh applies as in a run (mesh.data=-1: every device of the target).
 
 What "fits" means here: for each program, its own bytes (arguments + outputs - donated
@@ -71,6 +72,35 @@ CHIPS = {
     "v6e": Chip("TPU v6e", 32 * 10**9, 918e12,
                 "https://cloud.google.com/tpu/docs/v6e: 918 TFLOP/s bf16, 32 GB HBM per chip"),
 }
+# GPUs, for bench/accelerator.py's MFU on a lent machine (dense bf16: the datasheets' figure
+# "with sparsity" halved). HBM: the device's own bytes_limit when it reports one.
+GPUS = {
+    "H200": Chip("NVIDIA H200", 141 * 10**9, 989.5e12, "NVIDIA H200 Tensor Core GPU "
+                 "datasheet: BF16 1,979 TFLOPS with sparsity (989.5 dense), 141 GB HBM3e"),
+    "H100": Chip("NVIDIA H100 SXM", 80 * 10**9, 989.5e12, "NVIDIA H100 Tensor Core GPU "
+                 "datasheet (SXM): BF16 1,979 TFLOPS with sparsity (989.5 dense), 80 GB"),
+    "A100": Chip("NVIDIA A100", 80 * 10**9, 312e12, "NVIDIA A100 Tensor Core GPU datasheet: "
+                 "BF16 312 TFLOPS dense, 40 or 80 GB"),
+}
+_TPU_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "v5p",
+              "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+
+
+def chip_for_device(device) -> Chip | None:
+  """The published figures of a device's chip (a real device or a topology description)."""
+  kind = device.device_kind
+  if kind in _TPU_KINDS:
+    return CHIPS[_TPU_KINDS[kind]]
+  for name, chip in GPUS.items():
+    if name in kind:
+      try:
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+      except Exception:  # noqa: BLE001 - not addressable / not supported
+        limit = None
+      return dataclasses.replace(chip, hbm_bytes=int(limit)) if limit else chip
+  return None
+
+
 # The smallest slice libtpu describes per generation: its first device stands for one chip.
 SMALLEST = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 
@@ -93,6 +123,8 @@ def parse_target(spec: str) -> Target:
   gen, _, shape = spec.strip().lower().partition(":")
   forms = ("give GENERATION:TOPOLOGY (v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x2, v5e:4x4), "
            "GENERATION:1 for one chip, or cpu:N")
+  if gen == "local" and not shape:
+    return Target(spec, "local", "", None, None)
   if gen == "cpu":
     if not shape.isdigit() or int(shape) < 1:
       raise UserError(f"--compile_only={spec}: {forms}")
@@ -116,6 +148,8 @@ def libtpu_version() -> str | None:
 
 def target_devices(target: Target) -> list:
   """The devices to build the mesh over (descriptions only for a TPU: nothing runs)."""
+  if target.platform == "local":
+    return jax.devices()
   if target.platform == "cpu":
     n = target.num_devices
     try:   # before the CPU backend starts; afterwards the count is fixed
@@ -246,11 +280,14 @@ class Program:
     return self.total + self.resident
 
 
-_CONV = re.compile(r"=\s*(\w+)\[[^\]]*\][^\s]*\s+convolution\(")
+# A spatial convolution of compiled HLO: `= bf16[...]{layout} convolution(...), window={...`.
+# The TPU compiler also writes matmuls as `convolution` (no window; the float32 heads and
+# inner solve): those are not counted.
+_CONV = re.compile(r"=\s*(\w+)\[[^\]]*\]\S*\s+convolution\([^\n]*?window=\{")
 
 
 def count_convolutions(hlo_text: str) -> dict:
-  """{output dtype: count} of the convolution instructions of compiled HLO text."""
+  """{output dtype: count} of the spatial convolutions of compiled HLO text."""
   counts: dict = {}
   for dtype in _CONV.findall(hlo_text):
     counts[dtype] = counts.get(dtype, 0) + 1
@@ -258,16 +295,20 @@ def count_convolutions(hlo_text: str) -> dict:
 
 
 def analyse(name: str, lowered, resident: int = 0) -> Program:
+  """Compiles `lowered` and reads what the compiler decided."""
   t = time.time()
   compiled = lowered.compile()
-  seconds = time.time() - t
+  return program(name, compiled, time.time() - t, resident)
+
+
+def program(name: str, compiled, compile_s: float = 0.0, resident: int = 0) -> Program:
   m = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return Program(name=name, args=m.argument_size_in_bytes, out=m.output_size_in_bytes,
                  alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes,
                  code=m.generated_code_size_in_bytes,
-                 flops=float((cost or {}).get("flops", float("nan"))), compile_s=seconds,
+                 flops=float((cost or {}).get("flops", float("nan"))), compile_s=compile_s,
                  resident=resident, convs=count_convolutions(compiled.as_text()))
 
 
@@ -363,13 +404,37 @@ class Report:
             "notes": self.notes}
 
 
-def check(config, target: str | Target, programs=("train_step", "probe", "eval_batch"),
-          method_name: str | None = None, overrides: dict | None = None) -> Report:
-  """Compiles `config`'s programs for `target` (see the module docstring) -> Report.
+@dataclasses.dataclass
+class Run:
+  """A run's pieces over a mesh, with abstract arguments (what `check` compiles and
+  bench/accelerator.py feeds concrete arrays of the same shapes and shardings)."""
+  config: Any
+  method: Any
+  ctx: Any
+  mesh: Any
+  init_state: Any            # () -> TrainState (jit it with out_shardings=state_sharding)
+  state_sharding: Any
+  state: Any                 # abstract TrainState
+  source: Any                # abstract source batch, or None
+  pool: Any                  # abstract target pool (replicated)
+  anchor: Any                # abstract anchor, or None
+  train_step: Any            # the jitted train.make_train_step
+  evaluator: Any             # evaluate.Evaluator over the abstract pool
 
-  method_name / overrides: compile another method on the same config (bench: joint beside
-  MeRLin), overrides as config_base.override takes them. A 'learned'-head method has no
-  probe: it is skipped.
+  def resident_bytes(self) -> dict:
+    """Per device: the buffers a run keeps alive beside each program (train.py): the train
+    state, the copy of the model selected on target validation, the pool, the anchor."""
+    selected = {"params": self.state.params, "model_state": self.state.model_state}
+    return {"state": shard_bytes(self.state), "selected": shard_bytes(selected),
+            "pool": shard_bytes(self.pool), "anchor": shard_bytes(self.anchor)}
+
+
+def build(config, devices, method_name: str | None = None, overrides: dict | None = None,
+          notes: list | None = None) -> Run:
+  """The run of `config` over a mesh of `devices`, on abstract arguments.
+
+  method_name / overrides: another method on the same config (bench: joint beside MeRLin),
+  overrides as config_base.override takes them.
   """
   from merlin_jax import checks, sharding, train
   from merlin_jax.config_base import override
@@ -378,8 +443,9 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
   from merlin_jax.models import make_backbone
   from merlin_jax.optim import make_optimizer
 
-  target = parse_target(target) if isinstance(target, str) else target
-  config, notes = _prepare_config(config)
+  config, prep_notes = _prepare_config(config)
+  if notes is not None:
+    notes.extend(prep_notes)
   if method_name:
     config.method = method_name
   if overrides:
@@ -388,7 +454,6 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
   if not checked.pretrained.path:   # weights are not read here
     checked.pretrained.path = "compile-only"
   method = checks.validate_config(checked)
-  devices = target_devices(target)
   mesh = sharding.mesh_from_config(config.mesh, devices)
   data_sh, rep = sharding.data_sharding(mesh), sharding.replicated(mesh)
   if method.uses_source:
@@ -404,7 +469,7 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
   optimizer = make_optimizer(config.optimizer, config.total_steps)
 
   def init_state():
-    params, model_state = train.init_params(ctx, jax.random.key(0), example)
+    params, model_state = train.init_params(ctx, jax.random.key(config.seed), example)
     return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                             model_state=model_state, opt_state=optimizer.init(params),
                             best_val_accuracy=jnp.zeros((), jnp.float32),
@@ -425,37 +490,53 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
     backbone_like = jax.tree.structure(shape) == jax.tree.structure(shapes.params["backbone"])
     anchor = jax.tree.map(_sds, shape, st_sh.params["backbone"] if backbone_like
                           else jax.tree.map(lambda _: rep, shape))
-  # The copy of the model selected on target validation (train.py's `selected`).
-  selected = {"params": state.params, "model_state": state.model_state}
-  resident = {"state": shard_bytes(state), "selected": shard_bytes(selected),
-              "pool": shard_bytes(pool), "anchor": shard_bytes(anchor)}
+  step = train.make_train_step(method, ctx, optimizer, jax.random.key(1), mesh=mesh,
+                               state_sharding=st_sh)
+  source = (abstract_inputs(config, config.batch_size, data_sh) if method.uses_source
+            else None)
+  evaluator = Evaluator(config, method, ctx, mesh, None, pool, config.seed)
+  return Run(config=config, method=method, ctx=ctx, mesh=mesh, init_state=init_state,
+             state_sharding=st_sh, state=state, source=source, pool=pool, anchor=anchor,
+             train_step=step, evaluator=evaluator)
+
+
+def check(config, target: str | Target, programs=("train_step", "probe", "eval_batch"),
+          method_name: str | None = None, overrides: dict | None = None) -> Report:
+  """Compiles `config`'s programs for `target` (see the module docstring) -> Report.
+
+  A 'learned'-head method has no probe: it is skipped. method_name / overrides: `build`'s.
+  """
+  from merlin_jax import sharding
+  target = parse_target(target) if isinstance(target, str) else target
+  devices = target_devices(target)
+  notes = []
+  run = build(config, devices, method_name, overrides, notes)
+  mesh, state = run.mesh, run.state
+  data_sh, rep = sharding.data_sharding(mesh), sharding.replicated(mesh)
+  resident = run.resident_bytes()
   results = {}
   if "train_step" in programs:
-    step = train.make_train_step(method, ctx, optimizer, jax.random.key(1), mesh=mesh,
-                                 state_sharding=st_sh)
-    source = (abstract_inputs(config, config.batch_size, data_sh) if method.uses_source
-              else None)
-    results["train_step"] = analyse(
-        "train_step", step.lower(state, source, pool, anchor), resident["selected"])
-  evaluator = Evaluator(config, method, ctx, mesh, None, pool, config.seed)
+    results["train_step"] = analyse("train_step", run.train_step.lower(
+        state, run.source, run.pool, run.anchor), resident["selected"])
   # While evaluating, the optimizer state, the selected copy, the pool and the anchor stay.
-  live = resident["state"] + resident["selected"] + resident["pool"] + resident["anchor"]
-  if "probe" in programs and method.eval_head == "probe":
-    args = shard_bytes((state.params, state.model_state, pool))
-    results["probe"] = analyse("probe", evaluator._fit_probe.lower(
-        state.params, state.model_state, pool), live - args)
+  live = sum(resident.values())
+  if "probe" in programs and run.method.eval_head == "probe":
+    args = shard_bytes((state.params, state.model_state, run.pool))
+    results["probe"] = analyse("probe", run.evaluator._fit_probe.lower(
+        state.params, state.model_state, run.pool), live - args)
   if "eval_batch" in programs:
-    head = jax.tree.map(lambda a: _sds(a, rep), shapes.params["target_head"])
-    batch = abstract_inputs(config, evaluator.batch_size, data_sh)
-    batch["mask"] = jax.ShapeDtypeStruct((evaluator.batch_size,), jnp.float32,
-                                         sharding=data_sh)
+    b = run.evaluator.batch_size
+    head = jax.tree.map(lambda a: _sds(a, rep), state.params["target_head"])
+    batch = abstract_inputs(run.config, b, data_sh)
+    batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=data_sh)
     args = shard_bytes((head, state.params, state.model_state))
-    results["eval_batch"] = analyse("eval_batch", evaluator._batch_stats.lower(
+    results["eval_batch"] = analyse("eval_batch", run.evaluator._batch_stats.lower(
         head, state.params, state.model_state, batch), live - args)
   return Report(target=target.spec, device_kind=devices[0].device_kind,
-                mesh={k: int(v) for k, v in mesh.shape.items()}, chip=target.chip,
+                mesh={k: int(v) for k, v in mesh.shape.items()},
+                chip=target.chip or chip_for_device(devices[0]),
                 libtpu=libtpu_version() if target.platform == "tpu" else None,
-                programs=results, config=config, notes=notes)
+                programs=results, config=run.config, notes=notes)
 
 
 def ctx_example(config):
