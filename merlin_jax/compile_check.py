@@ -312,6 +312,10 @@ def program(name: str, compiled, compile_s: float = 0.0, resident: int = 0) -> P
                  resident=resident, convs=count_convolutions(compiled.as_text()))
 
 
+def fmt_bytes(n: int) -> str:
+  return f"{n / GiB:.2f} GiB" if n >= 0.1 * GiB else f"{n / 2**20:.1f} MiB"
+
+
 @dataclasses.dataclass
 class Report:
   target: str
@@ -379,9 +383,9 @@ class Report:
     out += [f"  note: {n}" for n in self.notes]
     for p in self.programs.values():
       convs = ", ".join(f"{k} {v}" for k, v in sorted(p.convs.items())) or "none"
-      out.append(f"  {p.name:<11} {p.peak / GiB:7.2f} GiB per device (program "
-                 f"{p.total / GiB:.2f}: args {p.args / GiB:.2f}, temp {p.temp / GiB:.2f}; "
-                 f"resident {p.resident / GiB:.2f})  {p.flops / 1e12:.3f} TFLOP  "
+      out.append(f"  {p.name:<11} {fmt_bytes(p.peak)} per device (program "
+                 f"{fmt_bytes(p.total)}: args {fmt_bytes(p.args)}, temp {fmt_bytes(p.temp)}; "
+                 f"resident {fmt_bytes(p.resident)})  {p.flops / 1e12:.4f} TFLOP  "
                  f"convolutions: {convs}  compiled in {p.compile_s:.0f} s")
     if self.chip:
       out.append(f"  chip: {self.chip.name}, {self.hbm_bytes / GiB:.2f} GiB HBM, "
@@ -501,10 +505,13 @@ def build(config, devices, method_name: str | None = None, overrides: dict | Non
 
 
 def check(config, target: str | Target, programs=("train_step", "probe", "eval_batch"),
-          method_name: str | None = None, overrides: dict | None = None) -> Report:
+          method_name: str | None = None, overrides: dict | None = None,
+          stop_early: bool = True) -> Report:
   """Compiles `config`'s programs for `target` (see the module docstring) -> Report.
 
-  A 'learned'-head method has no probe: it is skipped. method_name / overrides: `build`'s.
+  A 'learned'-head method has no probe: it is skipped. stop_early: stop at the first
+  program that does not fit (the answer is known; compiles take minutes). method_name /
+  overrides: `build`'s.
   """
   from merlin_jax import sharding
   target = parse_target(target) if isinstance(target, str) else target
@@ -514,27 +521,35 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
   mesh, state = run.mesh, run.state
   data_sh, rep = sharding.data_sharding(mesh), sharding.replicated(mesh)
   resident = run.resident_bytes()
-  results = {}
-  if "train_step" in programs:
-    results["train_step"] = analyse("train_step", run.train_step.lower(
-        state, run.source, run.pool, run.anchor), resident["selected"])
+  chip = target.chip or chip_for_device(devices[0])
   # While evaluating, the optimizer state, the selected copy, the pool and the anchor stay.
   live = sum(resident.values())
-  if "probe" in programs and run.method.eval_head == "probe":
-    args = shard_bytes((state.params, state.model_state, run.pool))
-    results["probe"] = analyse("probe", run.evaluator._fit_probe.lower(
-        state.params, state.model_state, run.pool), live - args)
-  if "eval_batch" in programs:
-    b = run.evaluator.batch_size
-    head = jax.tree.map(lambda a: _sds(a, rep), state.params["target_head"])
-    batch = abstract_inputs(run.config, b, data_sh)
-    batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=data_sh)
-    args = shard_bytes((head, state.params, state.model_state))
-    results["eval_batch"] = analyse("eval_batch", run.evaluator._batch_stats.lower(
-        head, state.params, state.model_state, batch), live - args)
+  b = run.evaluator.batch_size
+  head = jax.tree.map(lambda a: _sds(a, rep), state.params["target_head"])
+  batch = dict(abstract_inputs(run.config, b, data_sh),
+               mask=jax.ShapeDtypeStruct((b,), jnp.float32, sharding=data_sh))
+  todo = {
+      "train_step": lambda: analyse("train_step", run.train_step.lower(
+          state, run.source, run.pool, run.anchor), resident["selected"]),
+      "probe": lambda: analyse("probe", run.evaluator._fit_probe.lower(
+          state.params, state.model_state, run.pool),
+          live - shard_bytes((state.params, state.model_state, run.pool))),
+      "eval_batch": lambda: analyse("eval_batch", run.evaluator._batch_stats.lower(
+          head, state.params, state.model_state, batch),
+          live - shard_bytes((head, state.params, state.model_state))),
+  }
+  if run.method.eval_head != "probe":
+    todo.pop("probe")
+  results = {}
+  for name, compile_one in todo.items():
+    if name not in programs:
+      continue
+    results[name] = compile_one()
+    if stop_early and chip and results[name].peak > chip.hbm_bytes:
+      notes.append(f"stopped after {name}: it does not fit")
+      break
   return Report(target=target.spec, device_kind=devices[0].device_kind,
-                mesh={k: int(v) for k, v in mesh.shape.items()},
-                chip=target.chip or chip_for_device(devices[0]),
+                mesh={k: int(v) for k, v in mesh.shape.items()}, chip=chip,
                 libtpu=libtpu_version() if target.platform == "tpu" else None,
                 programs=results, config=run.config, notes=notes)
 

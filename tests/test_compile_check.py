@@ -1,0 +1,138 @@
+"""The compile-only check (merlin_jax/compile_check.py): a `:local` config compiled by the
+real TPU compiler (libtpu, no TPU attached) through `python -m merlin_jax.main
+--compile_only`, its report, the exit status and one line when it does not fit or libtpu is
+missing; bench/accelerator.py --smoke on this CPU.
+
+libtpu comes with the `tpu` extra (.ci/run installs it); without it the two TPU compiles
+are skipped, the rest runs.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from merlin_jax import compile_check
+from tests.test_cli import assert_one_line_error, run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                  reason="libtpu not installed (pip install '.[tpu]')")
+
+
+def compile_only(*args, timeout=300):
+  """`python -m merlin_jax.main --compile_only ...` in a fresh process -> (rc, out, err)."""
+  env = dict(os.environ, PYTHONPATH=ROOT, ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  env.pop("JAX_PLATFORMS", None)
+  p = subprocess.run([sys.executable, "-m", "merlin_jax.main", *args], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=timeout)
+  return p.returncode, p.stdout, p.stderr
+
+
+def size(text: str) -> float:
+  """'12.3 MiB' / '1.69 GiB' -> bytes."""
+  value, unit = text.split()
+  return float(value) * {"MiB": 2**20, "GiB": 2**30}[unit]
+
+
+@needs_libtpu
+def test_local_config_compiles_for_a_tpu_chip_and_fits():
+  # digits:local in bfloat16: SmallCNN convolutions, a 1-chip v5e mesh.
+  rc, out, err = compile_only(f"--config={DIGITS}:local", "--config.model.dtype=bfloat16",
+                              "--compile_only=v5e:1")
+  assert rc == 0, err[-3000:]
+  assert "TPU v5 lite" in out and "1x1 ('data', 'model') mesh" in out, out
+  progs = {m.group(1): m for m in re.finditer(
+      r"^  (train_step|probe|eval_batch)\s+([\d.]+ .iB) per device \(program ([\d.]+ .iB)"
+      r".*?([\d.]+) TFLOP  convolutions: (.*?)  compiled", out, re.M)}
+  assert set(progs) == {"train_step", "probe", "eval_batch"}, out
+  for name, m in progs.items():
+    assert 0 < size(m.group(3)) <= size(m.group(2)) < 2**30, m.group(0)
+    # The bf16 program keeps every spatial convolution in bf16 on the TPU compiler.
+    convs = dict(c.split() for c in m.group(5).split(", "))
+    assert set(convs) == {"bf16"} and int(convs["bf16"]) >= 2, m.group(0)
+  assert int(dict(c.split() for c in progs["train_step"].group(5).split(", "))["bf16"]) \
+      > int(dict(c.split() for c in progs["eval_batch"].group(5).split(", "))["bf16"])
+  assert "197 TFLOP/s bf16" in out and "cloud.google.com/tpu/docs/v5e" in out, out
+  bound = float(re.search(r"train step >= ([\d.]+) ms at peak", out).group(1))
+  assert bound > 0
+  assert re.search(r"FITS: peak [\d.]+ GiB of 14.90 GiB per chip", out), out
+
+
+@needs_libtpu
+def test_too_big_a_batch_does_not_fit_exit_2_naming_the_fix():
+  # 65536 source images of 28x28 at 1 chip: activations alone exceed the 16 GB of a v5e.
+  rc, out, err = compile_only(f"--config={DIGITS}:local", "--config.batch_size=65536",
+                              "--compile_only=v5e:1")
+  line = assert_one_line_error(rc, err, "train_step needs")
+  assert "of the 14.90 GiB of a TPU v5e chip" in line
+  assert "--config.batch_size (now 65536)" in line and "more chips" in line
+  assert "DOES NOT FIT" in out and "stopped after train_step" in out   # no more compiles
+
+
+def test_without_libtpu_one_line_names_the_extra(capfd, monkeypatch):
+  monkeypatch.setattr(compile_check, "libtpu_version", lambda: None)
+  code, err = run_cli(["--compile_only=v5e:2x4"], capfd, config=DIGITS + ":local")
+  line = assert_one_line_error(code, err, "pip install 'merlin_jax[tpu]'")
+  assert "libtpu" in line
+
+
+@pytest.mark.parametrize("spec,fragment", [("v9:2x2", "GENERATION:TOPOLOGY"),
+                                           ("v5e:two", "GENERATION:TOPOLOGY"),
+                                           ("cpu:0", "cpu:N")])
+def test_bad_target_one_line(capfd, spec, fragment):
+  code, err = run_cli([f"--compile_only={spec}"], capfd, config=DIGITS + ":local")
+  assert_one_line_error(code, err, fragment)
+
+
+def test_targets_and_chip_figures():
+  t = compile_check.parse_target("v5e:1")
+  assert (t.platform, t.topology, t.num_devices) == ("tpu", "v5e:2x2", 1)
+  t = compile_check.parse_target("v4:2x2x1")
+  assert (t.topology, t.num_devices, t.chip.peak_bf16_flops) == ("v4:2x2x1", None, 275e12)
+  assert compile_check.parse_target("cpu:8").num_devices == 8
+  for gen, chip in compile_check.CHIPS.items():
+    assert chip.source.startswith(f"https://cloud.google.com/tpu/docs/{gen}:")
+    assert chip.hbm_bytes >= 16 * 10**9 and chip.peak_bf16_flops >= 197e12
+
+
+def test_fake_cpu_devices_report_and_fsdp_saves_state_bytes():
+  # This process's CPU devices (1 unless XLA_FLAGS says more): the same builder on XLA:CPU.
+  import jax
+  from merlin_jax.config_base import load_config
+  n = len(jax.devices("cpu"))
+  config = load_config(DIGITS + ":local")
+  reports = {}
+  for mode in ("replicated", "fsdp"):
+    reports[mode] = compile_check.check(
+        config, f"cpu:{n}", programs=("train_step",),
+        overrides={"mesh.param_sharding": mode, "mesh.fsdp_min_size": 1})
+  r = reports["replicated"]
+  d = r.to_dict()
+  assert d["fits"] is None and d["hbm_bytes"] is None and d["chip"] is None   # no HBM figure
+  assert d["step_flops"] > 0 and d["programs"]["train_step"]["total"] > 0
+  assert d["mesh"] == {"data": n, "model": 1}
+  if n > 1:   # FSDP holds 1/n of the state's large leaves
+    assert (reports["fsdp"].programs["train_step"].args
+            < reports["replicated"].programs["train_step"].args)
+
+
+def test_accelerator_bench_smoke_runs_on_cpu(tmp_path):
+  out = tmp_path / "acc.json"
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "bench/accelerator.py", "--smoke", "--sizes=5",
+                      f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  import json
+  res = json.loads(out.read_text())["results"]
+  assert [r["name"] for r in res] == ["joint", "merlin_n5"]
+  for r in res:
+    assert r["step_ms"] > 0 and r["flops_per_device"] > 0 and r["predicted_gib"] > 0
+    assert r["mfu"] is None and r["peak_gib"] is None   # CPU: no peak figure, no memory stats
+    assert r["loss"] == r["loss"]                       # finite steps ran
+  assert "| merlin_n5 |" in p.stdout
