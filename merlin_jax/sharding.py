@@ -122,6 +122,24 @@ def state_shardings(mesh: Mesh, tree, mode: str = "replicated", min_size: int = 
       lambda x: NamedSharding(mesh, param_spec(np.shape(x), mesh, mode, min_size)), tree)
 
 
+def gathered(shardings):
+  """The compute placement of FSDP-sharded leaves: the same shardings without the 'data'
+  axis (a 'model' split stays); None when no leaf is split on 'data' (nothing to gather).
+
+  The train step constrains its parameters to this before the forward pass (one all-gather
+  per leaf) and the gradients back to the state's sharding (a reduce-scatter), so the
+  optimizer update runs on shards. Unconstrained, XLA's sharding propagation kept full
+  copies of parameters, gradients and optimizer state as temporaries: on the TPU compiler
+  (libtpu 0.0.42.1, v5e 2x4, digits:local at batch 2048, bf16, every leaf split) the step
+  took 20.0 MiB per chip with FSDP against 16.7 MiB replicated; with the constraints 7.8 MiB.
+  """
+  leaves = jax.tree.leaves(shardings)
+  if not any(DATA in tuple(s.spec) for s in leaves):
+    return None
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(*(None if a == DATA else a
+                                                          for a in s.spec))), shardings)
+
+
 def place(tree, shardings):
   """Host values (identical on every process) -> global jax.Arrays with `shardings`.
 
