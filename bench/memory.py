@@ -48,6 +48,8 @@ _DTYPES = flags.DEFINE_list("dtypes", ["bfloat16"], "model.dtype values.")
 _PARAM = flags.DEFINE_list("param_sharding", ["replicated"], "mesh.param_sharding values.")
 _REMAT = flags.DEFINE_list("remat", ["false"], "model.remat values.")
 _SET = flags.DEFINE_list("set", [], "Further config overrides key=value (e.g. eval.batch_size=64).")
+_PROGRAMS = flags.DEFINE_list("programs", ["train_step", "probe", "eval_batch"],
+                              "Which programs to compile.")
 _FLOPS = flags.DEFINE_bool("flops", False, "Also compile the joint step (FLOP ratio).")
 _TIMEOUT = flags.DEFINE_integer("timeout", 3600, "Seconds per row.")
 _OUT = flags.DEFINE_string("out", "", "Write the rows as JSON here.")
@@ -59,8 +61,8 @@ from merlin_jax import compile_check
 from merlin_jax.config_base import load_config
 spec = json.loads({spec!r})
 config = load_config(spec["config"])
-res = {{"report": compile_check.check(config, spec["target"], overrides=spec["overrides"],
-                                      stop_early=False).to_dict()}}
+res = {{"report": compile_check.check(config, spec["target"], programs=spec["programs"],
+                                      overrides=spec["overrides"], stop_early=False).to_dict()}}
 if spec["flops"]:
   split = config.split.train_size + config.split.val_size
   res["joint"] = compile_check.check(
@@ -155,7 +157,7 @@ def main(argv):
               overrides["model.name"] = model
             spec = dict(config=_CONFIG.value, target=target, model=model, dtype=dtype,
                         remat=remat, param_sharding=mode, overrides=overrides,
-                        flops=_FLOPS.value)
+                        flops=_FLOPS.value, programs=_PROGRAMS.value)
             r = run_child(spec, _TIMEOUT.value)
             rows.append(r)
             print(json.dumps(r), flush=True)
