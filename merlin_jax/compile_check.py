@@ -169,8 +169,12 @@ def target_devices(target: Target) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   try:
-    devices = topologies.get_topology_desc(topology_name=target.topology,
-                                           platform="tpu").devices
+    # v4 / v5p chips have two TensorCores: one JAX device per chip ("megacore"), as on
+    # the hardware (MaxText's train_compile.py asks for the same).
+    megacore = {"chip_config_name": "megacore"} if target.chip in (CHIPS["v4"],
+                                                                   CHIPS["v5p"]) else {}
+    devices = topologies.get_topology_desc(topology_name=target.topology, platform="tpu",
+                                           **megacore).devices
   except Exception as e:  # noqa: BLE001 - libtpu's errors are long; keep the first line
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f"--compile_only={target.spec}: libtpu cannot describe topology "

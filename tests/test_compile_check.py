@@ -178,3 +178,24 @@ def test_gathered_drops_only_the_data_axis():
   g = sharding.gathered(tree)
   assert (g["a"].spec, g["b"].spec, g["c"].spec) == (P(None, None), P("model", None), P())
   assert sharding.gathered({"b": NamedSharding(mesh, P("model")), "c": tree["c"]}) is None
+
+
+@needs_libtpu
+def test_topologies_give_one_device_per_chip():
+  # v4 / v5p describe two TensorCores per chip unless asked for megacore; the mesh helpers
+  # (mesh_utils) need one device per chip, as JAX has on the hardware.
+  code = ("from merlin_jax import compile_check as c\n"
+          "for t in ('v4:2x2x1', 'v5p:2x2x1', 'v5e:2x4', 'v6e:2x2', 'v5e:4x4', 'v5e:1'):\n"
+          "  d = c.target_devices(c.parse_target(t))\n"
+          "  print('ROW', t, len(d), len({x.process_index for x in d}), d[0].device_kind)\n")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("JAX_PLATFORMS", None)
+  p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                     text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-3000:]
+  rows = {l.split()[1]: l.split(None, 4)[2:] for l in p.stdout.splitlines()
+          if l.startswith("ROW")}
+  assert rows["v4:2x2x1"] == ["4", "1", "TPU v4"], rows
+  assert rows["v5p:2x2x1"][:2] == ["4", "1"] and rows["v5e:2x4"][0] == "8", rows
+  assert rows["v6e:2x2"][0] == "4" and rows["v5e:1"][0] == "1", rows
+  assert rows["v5e:4x4"][:2] == ["16", "4"], rows          # hosts of libtpu's 2x2 chips
