@@ -3,6 +3,9 @@ r"""Command line: parse flags, call `train.train_and_evaluate(config, workdir)`.
   python -m merlin_jax.main --config=configs/digits.py --workdir=/tmp/merlin/digits
   python -m merlin_jax.main --config=configs/digits.py --workdir=/tmp/x \
       --config.method=joint --config.seed=1
+  python -m merlin_jax.main --config=configs/food_cub.py --compile_only=v5e:2x4
+      (no training: compiles for that TPU topology and says whether it fits; exit 2 with
+      what to change when it does not; merlin_jax/compile_check.py)
 
 Bad input (unknown method or config key, a wrong flag type, a missing config file, missing
 data, ...) prints ONE line `merlin_jax: error: ...` naming the fix on stderr and exits with
@@ -44,7 +47,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports: "
                                 "a local path or a URI such as gs://BUCKET/dir.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
-flags.mark_flags_as_required(["config", "workdir"])
+_COMPILE_ONLY = flags.DEFINE_string(
+    "compile_only", None, "Compile the config for an accelerator instead of training, and say "
+    "whether it fits: a TPU topology (v5e:2x4, v4:2x2x1, v5p:2x2x1, v6e:2x2; v5e:1 = one "
+    "chip; needs the tpu extra) or cpu:N. Exit 2 when it does not fit. No --workdir needed.")
+flags.mark_flags_as_required(["config"])
+flags.register_multi_flags_validator(
+    ["workdir", "compile_only"], lambda f: f["workdir"] is not None or bool(f["compile_only"]),
+    message="--workdir must have a value (or give --compile_only=TOPOLOGY)")
 # Multi-process runs (merlin_jax/distributed.py; launch/ has the commands for pods/clusters).
 _MULTIHOST = flags.DEFINE_enum(
     "multihost", "auto", ["auto", "on", "off"], "jax.distributed.initialize: auto = when "
@@ -130,11 +140,14 @@ def main(argv):
 def _main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+  from merlin_jax.metrics import quiet_library_logs
+  quiet_library_logs()
+  if _COMPILE_ONLY.value:
+    _compile_only(_CONFIG.value, _COMPILE_ONLY.value)
+    return
   # The error boundary (merlin_jax/boundary.py): every failure is one line and an exit
   # status of the docstring's table.
   with boundary.cli("merlin_jax", where=_WORKDIR.value):
-    from merlin_jax.metrics import quiet_library_logs
-    quiet_library_logs()
     from merlin_jax import run_report   # a first line before the slow imports and loading
     logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
     from merlin_jax import train  # after flag parsing: fast --help
@@ -145,6 +158,20 @@ def _main(argv):
     from merlin_jax import lifeline
     lifeline.arm_from_jax(_DIST_TIMEOUT.value)   # a dead process: the others exit 75 at once
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _compile_only(config, target: str):
+  """--compile_only: the report on stdout; exit 2 with one line when it does not fit."""
+  from merlin_jax import compile_check
+  try:
+    report = compile_check.check(config, target)
+  except errors.UserError as e:
+    if _VERBOSE.value:
+      raise
+    _fail(e)
+  print("\n".join(report.lines()), flush=True)
+  if report.fits is False:
+    _fail(report.advice())
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ MODEL = "model"
 PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
-def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
+def make_mesh(num_data: int = -1, num_model: int = 1, devices=None) -> Mesh:
   """A ('data', 'model') mesh. num_data=-1: all devices not used by 'model'.
+
+  devices: default `jax.devices()`; a compile-only check (merlin_jax/compile_check.py)
+  passes the devices of a TPU topology description instead.
 
   Over all devices the layout is topology-aware (`mesh_utils.create_device_mesh`: on a TPU
   slice, neighbours on the interconnect are neighbours on the mesh axes); over several
@@ -43,7 +46,7 @@ def make_mesh(num_data: int = -1, num_model: int = 1) -> Mesh:
   (mesh.data smaller than all) is taken in `jax.devices()` order. Either way a 'model' group
   never leaves its host.
   """
-  devices = jax.devices()
+  devices = jax.devices() if devices is None else list(devices)
   num_model = 1 if num_model in (0, None) else int(num_model)
   if num_model < 1 or len(devices) % num_model:
     raise ConfigError("mesh.model", f"{num_model} devices asked on the 'model' axis but "
@@ -72,8 +75,8 @@ def device_grid(devices, num_data: int, num_model: int) -> np.ndarray:
   return mesh_utils.create_device_mesh((num_data, num_model), devices)
 
 
-def mesh_from_config(mesh_cfg) -> Mesh:
-  return make_mesh(mesh_cfg.data, mesh_cfg.get("model", 1))
+def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
+  return make_mesh(mesh_cfg.data, mesh_cfg.get("model", 1), devices)
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -117,6 +120,24 @@ def state_shardings(mesh: Mesh, tree, mode: str = "replicated", min_size: int = 
   """A tree of NamedSharding with the structure of `tree` (arrays or ShapeDtypeStructs)."""
   return jax.tree.map(
       lambda x: NamedSharding(mesh, param_spec(np.shape(x), mesh, mode, min_size)), tree)
+
+
+def gathered(shardings):
+  """The compute placement of FSDP-sharded leaves: the same shardings without the 'data'
+  axis (a 'model' split stays); None when no leaf is split on 'data' (nothing to gather).
+
+  The train step constrains its parameters to this before the forward pass (one all-gather
+  per leaf) and the gradients back to the state's sharding (a reduce-scatter), so the
+  optimizer update runs on shards. Unconstrained, XLA's sharding propagation kept full
+  copies of parameters, gradients and optimizer state as temporaries: on the TPU compiler
+  (libtpu 0.0.42.1, v5e 2x4, digits:local at batch 2048, bf16, every leaf split) the step
+  took 20.0 MiB per chip with FSDP against 16.7 MiB replicated; with the constraints 7.8 MiB.
+  """
+  leaves = jax.tree.leaves(shardings)
+  if not any(DATA in tuple(s.spec) for s in leaves):
+    return None
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(*(None if a == DATA else a
+                                                          for a in s.spec))), shardings)
 
 
 def place(tree, shardings):

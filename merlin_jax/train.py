@@ -73,15 +73,22 @@ def make_train_step(method: Method, ctx: Context, optimizer, base_key, *, mesh=N
   sharding, so its buffers are reused step after step and checkpoints restore into it.
   """
 
+  # FSDP: whole weights for the compute, gradients back to shards (sharding.gathered).
+  gather = None if state_sharding is None else sharding.gathered(state_sharding.params)
+
   def train_step(state: TrainState, source, target, anchor):
     key = jax.random.fold_in(base_key, state.step)   # per-step key: resumable by step
     batch = {"source": source, "target": target}
 
     def loss_fn(params):
+      if gather is not None:
+        params = jax.lax.with_sharding_constraint(params, gather)
       return method.objective(ctx, params, state.model_state, batch, key, anchor)
 
     (loss, (new_model_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    if gather is not None:
+      grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)

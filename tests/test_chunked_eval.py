@@ -64,7 +64,7 @@ def test_chunked_probe_equals_the_whole_pool_probe(inner_cfg):
   logits = apply_head(ref, val_f)
   ref_acc = float(losses.accuracy(logits, val["label"]))
   ref_loss = float(losses.softmax_cross_entropy(logits, val["label"]))
-  for batch in (64, 30, 8, 7):   # one chunk, exact, 4 chunks with a filled-up last one, ...
+  for batch in (64, 30, 8, 7):   # one chunk, exact, 4 chunks with an overlapping last one, ...
     ev, _ = _evaluator(ctx, pool, val, batch)
     head = ev.target_head(params, state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
