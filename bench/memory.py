@@ -38,7 +38,8 @@ import json, sys, time
 sys.path.insert(0, {root!r})
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from merlin_jax import sharding, train
+from merlin_jax import train
+from merlin_jax.runtime import sharding
 from merlin_jax.config_base import load_config, override
 from merlin_jax.data.interface import TransferData
 from merlin_jax.evaluate import Evaluator

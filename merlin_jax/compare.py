@@ -62,7 +62,7 @@ def parse_flags(argv):
 def main(argv):
   del argv
   from merlin_jax.experiments import selection  # after flag parsing: fast --help
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   seeds = [int(s) for s in _SEEDS.value]
   with selection.driver("merlin_jax.compare"):   # a stop: after the current run, exit 75

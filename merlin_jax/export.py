@@ -73,7 +73,7 @@ def read(path: str) -> tuple[dict, dict]:
   """(flat arrays, metadata fields) of an export (a .safetensors file or a workdir holding
   one, local or a URI such as gs://...); the fields are {} for a file without merlin_jax
   metadata."""
-  from merlin_jax import checkpointing
+  from merlin_jax.runtime import checkpointing
   path = checkpointing.resolve_pretrained(path)
   flat = checkpointing.load_safetensors(path, what="model", missing_hint="give a workdir of a "
                                         "finished run or its model.safetensors")
@@ -84,7 +84,7 @@ def read(path: str) -> tuple[dict, dict]:
 def _header_metadata(path: str) -> dict:
   """The `__metadata__` of a safetensors header (the format: an 8-byte little-endian
   length, then that many bytes of JSON); read without the tensors, from any URI."""
-  from merlin_jax import fs
+  from merlin_jax.runtime import fs
   with fs.as_path(path).open("rb") as f:
     size = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(size))

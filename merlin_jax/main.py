@@ -102,10 +102,10 @@ def run(argv=None):
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   from merlin_jax import train  # after flag parsing: fast --help
-  from merlin_jax import distributed
+  from merlin_jax.runtime import distributed
   try:
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

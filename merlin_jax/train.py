@@ -23,13 +23,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from merlin_jax import checkpointing, checks, sharding, two_stage, workdir as workdir_lib
+from merlin_jax import checks, two_stage
+from merlin_jax.runtime import checkpointing, sharding, workdir as workdir_lib
 from merlin_jax import export as export_lib
-from merlin_jax import fs, preemption, provenance
+from merlin_jax.runtime import fs, preemption, provenance
 from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Method
-from merlin_jax.metrics import JSONL, MetricWriter, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, MetricWriter, read_jsonl
 from merlin_jax.models import init_head, make_backbone
 from merlin_jax.optim import lr_at, make_optimizer
 

@@ -17,8 +17,8 @@ import copy
 
 from absl import logging
 
-from merlin_jax import checkpointing, fs
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime import checkpointing, fs
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 PRETRAIN_DIR = "pretrain"
 

@@ -149,7 +149,7 @@ def test_pooling_modes_and_backbone(tmp_path):
 
 def test_export_layout_fills_like_our_exports(tmp_path):
   """The hook train.pretrained_backbone uses: HF names -> 'params/backbone/...'."""
-  from merlin_jax import checkpointing
+  from merlin_jax.runtime import checkpointing
   hf_dir = write_random_hf_bert(tmp_path / "bert", prefix="bert.")
   inputs = random_inputs(0, batch=1, length=8, vocab=TINY["vocab_size"])
   module = bert.make_bert(ml_collections.ConfigDict(dict(hf_dir=hf_dir)))

@@ -14,7 +14,8 @@ import shutil
 
 import pytest
 
-from merlin_jax import checks, workdir as workdir_lib
+from merlin_jax import checks
+from merlin_jax.runtime import workdir as workdir_lib
 from merlin_jax.config_base import base_config
 from merlin_jax.methods import METHODS, declared, get_method
 from tests.test_cli import assert_one_line_error, run_cli, snapshot

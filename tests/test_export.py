@@ -16,7 +16,7 @@ import pytest
 
 from merlin_jax import train
 from merlin_jax.methods import METHODS as REGISTERED
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 from tests import fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

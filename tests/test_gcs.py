@@ -25,7 +25,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, fs, workdir as workdir_lib
+from merlin_jax.runtime import checkpointing, fs, workdir as workdir_lib
 from merlin_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +141,7 @@ def _last_step(workdir) -> int:
 
 
 def _records(workdir):
-  from merlin_jax.metrics import read_jsonl
+  from merlin_jax.runtime.metrics import read_jsonl
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
           for r in read_jsonl(fs.join(workdir, "metrics.jsonl"))]
 
@@ -273,7 +273,7 @@ def test_tensorboard_is_skipped_with_a_reason_on_an_emulated_gs_workdir(emulator
   """tf.summary writes gs:// through TensorFlow's GCS file system, whose endpoint is fixed
   (https://www.googleapis.com): it cannot reach an emulator, so the writer says so and
   writes metrics.jsonl only."""
-  from merlin_jax.metrics import MetricWriter
+  from merlin_jax.runtime.metrics import MetricWriter
   monkeypatch.delenv("MERLIN_JAX_TENSORBOARD", raising=False)
   workdir = _uri("tb")
   writer = MetricWriter(workdir, resume_step=-1)

@@ -20,9 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, provenance, train
+from merlin_jax import train
+from merlin_jax.runtime import checkpointing, provenance
 from merlin_jax.config_base import load_config, override
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 
 # orbax's reader threads may log "Event loop is closed" after a failed read of a corrupt step.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -212,7 +213,8 @@ def test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it(tmp
 
 def test_sigterm_flag_is_checked_once_per_step(tmp_path, monkeypatch):
   """In-process: the handler only sets the flag; the loop saves and raises Preempted."""
-  from merlin_jax import errors, preemption
+  from merlin_jax import errors
+  from merlin_jax.runtime import preemption
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   real = train.make_train_step
 

@@ -144,7 +144,8 @@ def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkey
   """A SIGTERM that lands while a run drains its last window lets that run finish (its
   step loop has ended); compare then starts no other run and raises Preempted, and the
   same call again reads the finished run back and goes on (fake trainer)."""
-  from merlin_jax import errors, preemption, train
+  from merlin_jax import errors, train
+  from merlin_jax.runtime import preemption
   started = []
 
   def fake_train(config, workdir):

@@ -11,7 +11,7 @@ import pytest
 
 from merlin_jax import train
 from merlin_jax.errors import ConfigError, NonFiniteLossError, UserError
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 from tests import fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   # Whatever was saved is finite (the bad state was never written).
   if steps:
-    from merlin_jax import checkpointing
+    from merlin_jax.runtime import checkpointing
     import orbax.checkpoint as ocp
     m = checkpointing.make_manager(str(tmp_path / "checkpoints"), 2)
     restored = m.restore(steps[-1], args=ocp.args.StandardRestore())
@@ -173,7 +173,7 @@ def test_same_losses_on_one_and_two_devices(tmp_path):
 def test_two_stage_methods_start_from_the_end_of_pretraining(tmp_path):
   """Pre-training's product is phi_pre at the end of source training, not a model chosen on
   the target (with a weak probe, step 0 could win and fine-tuning would start at random)."""
-  from merlin_jax import checkpointing
+  from merlin_jax.runtime import checkpointing
   pre = tmp_path / "pre"
   final = train.train_and_evaluate(fake_data.tiny_config("pretrain", total_steps=6), str(pre))
   assert final["selected_step"] == 6
@@ -196,7 +196,7 @@ def test_two_stage_methods_start_from_the_end_of_pretraining(tmp_path):
 def test_train_records_the_process_count_and_checks_it_on_resume(tmp_path, monkeypatch):
   """Every checkpoint records the process count; a resume hands it to the source's
   `check_resume` (a tfrecord-streamed source refuses another count: test_streamed_resume)."""
-  from merlin_jax import checkpointing
+  from merlin_jax.runtime import checkpointing
   from merlin_jax.data.synthetic import SyntheticSource
   train.train_and_evaluate(fake_data.tiny_config("joint", total_steps=2), str(tmp_path))
   meta = checkpointing.step_metadata(str(tmp_path / checkpointing.CHECKPOINTS), 2)

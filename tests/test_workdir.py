@@ -11,9 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, train, workdir as workdir_lib
+from merlin_jax import train
+from merlin_jax.runtime import checkpointing, workdir as workdir_lib
 from merlin_jax.errors import ConfigError, NonFiniteLossError, UserError
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 from tests import fake_data
 
 TIMING_KEYS = ("steps_per_sec", "train_seconds")

@@ -26,9 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from merlin_jax import errors, preemption
+from merlin_jax import errors
+from merlin_jax.runtime import preemption
 from merlin_jax.config_base import get_key, override
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 
 VAL_DECIMALS = 6   # validation accuracies equal to this many decimals are a tie

@@ -39,7 +39,7 @@ _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to
 def main(argv):
   del argv
   from merlin_jax.experiments import selection
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   with selection.driver("merlin_jax.experiments.suite"):   # a stop: after the current run
     text = suite_lib.run_suite(

@@ -20,7 +20,7 @@ import numpy as np
 
 from merlin_jax.config_base import load_config
 from merlin_jax.experiments import selection
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from merlin_jax import errors
 from merlin_jax.experiments import selection, suite_lib, target_size_lib
-from merlin_jax.metrics import quiet_library_logs
+from merlin_jax.runtime.metrics import quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/merlin/target_size", "Root of all runs.")
 _PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/fashion_digits.py"],

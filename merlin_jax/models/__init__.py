@@ -51,7 +51,7 @@ def _resnet50(cfg):
 def read_export_weights(path: str) -> dict:
   """The flat weights ('params/backbone/...', 'model_state/...') of a merlin_jax export: a
   .safetensors file or a workdir holding model.safetensors."""
-  from merlin_jax import checkpointing  # orbax: only when weights are loaded
+  from merlin_jax.runtime import checkpointing  # orbax: only when weights are loaded
   return checkpointing.load_safetensors(checkpointing.resolve_pretrained(path))
 
 

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from merlin_jax import checkpointing, fs
+from merlin_jax.runtime import checkpointing, fs
 from merlin_jax.config_base import base_config
 from merlin_jax.errors import ConfigError, UserError
 
@@ -270,7 +270,7 @@ def commit(config, workdir: str) -> None:
 def restore_metrics(workdir: str, saved: list, step: int) -> None:
   """Makes metrics.jsonl hold the records saved with checkpoint `step` (process 0): a file
   damaged, cut or deleted since is rewritten from them, with a warning saying so."""
-  from merlin_jax.metrics import JSONL
+  from merlin_jax.runtime.metrics import JSONL
   if jax.process_index() != 0:
     return
   path = fs.join(workdir, JSONL)

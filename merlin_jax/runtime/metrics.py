@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from merlin_jax import fs
+from merlin_jax.runtime import fs
 
 JSONL = "metrics.jsonl"
 
