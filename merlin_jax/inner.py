@@ -31,30 +31,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from merlin_jax import losses
+from merlin_jax import keys, losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.models.heads import apply_head, init_head
 
-SOLVERS = ("gd", "ridge", "implicit")
-STEP_SIZES = ("fixed", "normalized")
-HEAD_INITS = ("zeros", "random")
-GD_FORMS = ("auto", "primal", "dual")
+
+def _d(name: str):
+  return keys.default(f"inner.{name}")
 
 
 @dataclasses.dataclass(frozen=True)
 class InnerConfig:
-  kind: str = "gd"
-  steps: int = 20            # n (gd)
-  lr: float = 0.1            # eta (gd)
-  step_size: str = "fixed"   # gd: 'fixed' (the paper's plain eta) | 'normalized' (eta / L_hat)
-  first_order: bool = False
-  remat: bool = True
-  gd_form: str = "auto"      # gd: 'auto' | 'primal' | 'dual' (`gd_form`)
-  init: str = "zeros"        # head init for gd: 'zeros' | 'random'
-  weight_decay: float = 0.0  # L2 on the head inside the inner problem (gd)
-  ridge_lambda: float = 1.0  # ridge
-  ridge_scale: float = 1.0   # logits = scale * ridge prediction (R2-D2's calibration)
-  tol: float = 1e-6          # implicit: gradient-norm tolerance of the solve (and of its CG)
+  """config.inner as a value (hashable: a static argument of jitted code). The defaults,
+  ranges and choices are those of the `inner.*` keys (merlin_jax/keys.py); the one rule
+  across keys is checked here."""
+  kind: str = _d("kind")
+  steps: int = _d("steps")
+  lr: float = _d("lr")
+  step_size: str = _d("step_size")
+  first_order: bool = _d("first_order")
+  remat: bool = _d("remat")
+  gd_form: str = _d("gd_form")
+  init: str = _d("init")
+  weight_decay: float = _d("weight_decay")
+  ridge_lambda: float = _d("ridge_lambda")
+  ridge_scale: float = _d("ridge_scale")
+  tol: float = _d("tol")
 
   @classmethod
   def from_config(cls, cfg) -> "InnerConfig":
@@ -63,32 +65,17 @@ class InnerConfig:
     unknown = [k for k in cfg.keys() if k not in fields]
     if unknown:
       raise ConfigError(f"inner.{unknown[0]}", f"unknown key; valid keys are {sorted(fields)}")
-    inner = cls(**values)
-    inner.validate()
-    return inner
+    return cls(**values)
+
+  def __post_init__(self):   # every InnerConfig is checked, however it is made
+    self.validate()
 
   def validate(self) -> None:
-    if self.kind not in SOLVERS:
-      raise ConfigError("inner.kind", f"unknown inner solver {self.kind!r}; choose one of {list(SOLVERS)}")
-    if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-      raise ConfigError("inner.steps", f"must be an integer >= 0, got {self.steps!r}")
-    if not self.lr > 0:
-      raise ConfigError("inner.lr", f"must be > 0, got {self.lr!r}")
-    if self.step_size not in STEP_SIZES:
-      raise ConfigError("inner.step_size", f"unknown step size rule {self.step_size!r}; choose one of {list(STEP_SIZES)}")
-    if self.gd_form not in GD_FORMS:
-      raise ConfigError("inner.gd_form", f"unknown form {self.gd_form!r}; choose one of {list(GD_FORMS)}")
-    if self.init not in HEAD_INITS:
-      raise ConfigError("inner.init", f"unknown head init {self.init!r}; choose one of {list(HEAD_INITS)}")
-    if not self.ridge_lambda > 0:
-      raise ConfigError("inner.ridge_lambda", f"must be > 0, got {self.ridge_lambda!r}")
-    if self.weight_decay < 0:
-      raise ConfigError("inner.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+    for field in dataclasses.fields(self):
+      keys.check(f"inner.{field.name}", getattr(self, field.name))
     if self.kind == "implicit" and not self.weight_decay > 0:
       raise ConfigError("inner.weight_decay", "the implicit solver needs weight_decay > 0 (a "
                         f"strongly convex head problem), got {self.weight_decay!r}")
-    if not self.tol > 0:
-      raise ConfigError("inner.tol", f"must be > 0, got {self.tol!r}")
 
 
 def head_train_loss(head, features, labels, weight_decay: float = 0.0):
@@ -164,7 +151,7 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
       return new, (_train_loss(logits, onehot, head["w"], weight_decay)
                    if return_trajectory else None)
     carry0, to_head = head0, lambda head: head
-  elif form == "dual":
+  else:   # dual
     onehot_t = jax.nn.one_hot(labels, num_classes, dtype=features.dtype).T   # [K, N]
     gram = scale * (features @ features.T)                                  # [N, N]
     fw0_t = (features @ head0["w"]).T                                       # [K, N]
@@ -181,8 +168,6 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
       return new, (_train_loss(logits_t.T, onehot_t.T, to_head(carry)["w"], weight_decay)
                    if return_trajectory else None)
     carry0 = (jnp.zeros_like(onehot_t), head0["b"], jnp.ones((), features.dtype))
-  else:
-    raise ConfigError("inner.gd_form", f"unknown form {form!r}; choose one of {list(GD_FORMS)}")
 
   if remat:
     step = jax.checkpoint(step)
@@ -302,11 +287,9 @@ def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_cla
                        inner.remat, step_size=inner.step_size, form=inner.gd_form)
   elif inner.kind == "ridge":
     head = fit_head_ridge(features, labels, num_classes, inner.ridge_lambda, inner.ridge_scale)
-  elif inner.kind == "implicit":
+  else:   # implicit (InnerConfig checks kind when it is made)
     head = fit_head_implicit(features, labels, num_classes, inner.weight_decay, inner.steps,
                              inner.tol)
-  else:  # validated earlier; kept for direct callers
-    raise ConfigError("inner.kind", f"unknown inner solver {inner.kind!r}")
   if inner.first_order:
     head = jax.lax.stop_gradient(head)
   return head

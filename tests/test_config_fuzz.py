@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from merlin_jax import checks
+from merlin_jax import keys
 from merlin_jax.runtime import workdir as workdir_lib
 from merlin_jax.config_base import base_config
 from merlin_jax.methods import METHODS, declared, get_method
@@ -57,16 +57,20 @@ def _garbage(rng):
 
 def _invalid(key, default, rng):
   """A few values of `key` that no run may accept."""
-  if key in checks.RANGES:
-    kind, low, high, _ = checks.RANGES[key]
+  decl = keys.BY_NAME.get(key)
+  if decl is not None and decl.choices is not None:
+    return [99 if decl.kind == "int" else _garbage(rng)]
+  if decl is not None and decl.kind in ("int", "float") and (decl.low, decl.high) != (None,
+                                                                                       None):
     out = []
-    if low is not None:
-      out.append(low if key in checks._ABOVE else (low - 1 if kind == "int" else low - 0.5))
-    if high is not None:
-      out.append(high)
-    out += [2**64, -2**64] if kind == "int" else [math.nan, math.inf, -math.inf]
+    if decl.low is not None:
+      out.append(decl.low if decl.strict else
+                 (decl.low - 1 if decl.kind == "int" else decl.low - 0.5))
+    if decl.high is not None:
+      out.append(decl.high)
+    out += [2**64, -2**64] if decl.kind == "int" else [math.nan, math.inf, -math.inf]
     return out
-  if key in checks.ENUMS or key in NAMES:
+  if key in NAMES:
     return [_garbage(rng)]
   if key == "model.conv_widths":
     return [(), (0, 4), (-3,)]

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from merlin_jax import keys
 from merlin_jax.errors import ConfigError
 from merlin_jax.models import bert, cnn, resnet, weights
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
@@ -26,9 +27,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def compute_dtype(cfg):
   """config.model.dtype -> the activations' dtype (parameters stay float32)."""
-  name = cfg.get("dtype", "float32")
-  if name not in DTYPES:
-    raise ConfigError("model.dtype", f"must be one of {sorted(DTYPES)}, got {name!r}")
+  name = cfg.get("dtype", keys.default("model.dtype"))
+  keys.check("model.dtype", name)   # an export's config is read here unchecked
   return DTYPES[name]
 
 
