@@ -6,7 +6,7 @@ r"""Run several methods (and seeds, and a small hyperparameter grid) on one conf
       --grid='merlin:inner.steps=5,50' --tune_seeds=0
 
 Each run goes to WORKDIR/<method>/<setting>/seed_<s> (resumable: a finished run is read
-back, not re-run). The two-stage methods (finetune, l2sp, merlin_ft) share one `pretrain`
+back, not re-run). The two-stage methods (every method with `needs_pretrained`) share one `pretrain`
 run per seed (WORKDIR/pretrain/default/seed_<s>) unless the config sets pretrained.path.
 
 Grids: one `--grid` is a product over its axes; several `--grid`s for one method are a
