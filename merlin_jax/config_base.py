@@ -6,6 +6,8 @@ typo in `--config.foo=...` fails loudly. Every key is declared once, in merlin_j
 
 `load_config('configs/x.py:arg')` loads a config file the way --config does;
 `override(config, {'inner.steps': 5})` sets dotted keys the way --config.inner.steps=5 does.
+`python -m merlin_jax.config_base --keys` prints the key table of docs/architecture.md,
+`--methods` the registered methods.
 """
 
 from __future__ import annotations
@@ -104,3 +106,30 @@ def override(config, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     flat[key] = value
   config.update_from_flattened_dict(flat)
   return config
+
+
+def key_table() -> str:
+  """The key table of docs/architecture.md: every declared key (merlin_jax/keys.py), then
+  every method's hyperparameters."""
+  from merlin_jax import methods   # importing it registers every method
+  rows = ["| key | default | must be | resume may change | help |",
+          "| --- | --- | --- | --- | --- |"]
+  for k in keys.KEYS:
+    rows.append(f"| `{k.name}` | `{k.default!r}` | {k.must_be()} | "
+                f"{'yes' if k.resume else ''} | {k.help} |")
+  for hp in sorted(methods.declared().values(), key=lambda h: h.key):
+    owners = ", ".join(m for m in sorted(methods.METHODS)
+                       if any(h.key == hp.key for h in methods.get_method(m).hyperparameters))
+    rows.append(f"| `{hp.key}` | `{hp.default!r}` | (checked by its methods) | | "
+                f"{hp.help} ({owners}) |")
+  return "\n".join(rows)
+
+
+def method_list() -> str:
+  """The registered methods, as the docs list them."""
+  from merlin_jax import methods
+  return ", ".join(sorted(methods.METHODS))
+
+
+if __name__ == "__main__":   # python -m merlin_jax.config_base --keys | --methods
+  print(method_list() if sys.argv[1:] == ["--methods"] else key_table())

@@ -5,7 +5,8 @@ Everything else derives from `KEYS`: `config_base.base_config()` builds the conf
 `validate(config)` (called by checks.validate_config) checks every value against it before a
 run reads one, `inner.InnerConfig` takes its defaults and checks from the `inner.*` keys,
 `runtime/workdir.py` lets a resume change exactly the keys marked `resume=True`, and the key
-table of docs/architecture.md is `python -m merlin_jax.keys` (a test keeps it in step).
+table of docs/architecture.md is `python -m merlin_jax.config_base --keys` (a test keeps it
+in step).
 
 A method's hyperparameters (rho, alpha, ...) are declared by the method itself
 (`methods/<name>.py`, `HParam`), not here; tests/test_architecture.py fails if a key is
@@ -107,8 +108,8 @@ def _widths_ok(w) -> bool:
 
 KEYS: tuple[Key, ...] = (
     # --- What to run ------------------------------------------------------------------
-    Key("method", "merlin", "the method (merlin_jax/methods/: `python -m merlin_jax.keys "
-        "--methods` lists them)"),
+    Key("method", "merlin", "the method (merlin_jax/methods/: `python -m "
+        "merlin_jax.config_base --methods` lists them)"),
     _int("seed", 0, "the run's seed (data split, initialisation, per-step keys)", 0, 2**32,
          what="an integer in [0, 2**32) (jax.random.key keeps 32 bits)"),
     _int("total_steps", 1000, "outer steps (a constant schedule may be extended on resume)",
@@ -168,8 +169,9 @@ KEYS: tuple[Key, ...] = (
     _int("data.prefetch", 2, "batches prefetched", 0, 2**10),
     Key("data.text.tokenizer_dir", "", "text: the weights' HF directory (vocab.txt / "
         "tokenizer.json)"),
+    # [CLS] a [SEP] b [SEP]: a pair needs 4 tokens to keep one of each text.
     _int("data.text.max_length", 128, "text: tokens per example, pairs truncated "
-         "longest-first", 2, 2**16),
+         "longest-first", 4, 2**16),
     Key("data.text.fields", ("sentence1", "sentence2"), "text: the TFDS features, one text "
         "or a pair"),
     # --- Model ------------------------------------------------------------------------
@@ -257,30 +259,3 @@ def validate(flat: dict) -> None:
 def section(prefix: str) -> tuple[Key, ...]:
   """The keys under `prefix.` (e.g. 'inner'), in declaration order."""
   return tuple(k for k in KEYS if k.name.startswith(prefix + "."))
-
-
-def markdown_table() -> str:
-  """The key table of docs/architecture.md (every key, the methods' hyperparameters too)."""
-  from merlin_jax import methods   # importing it registers every method
-  rows = ["| key | default | must be | resume may change | help |",
-          "| --- | --- | --- | --- | --- |"]
-  for k in KEYS:
-    rows.append(f"| `{k.name}` | `{k.default!r}` | {k.must_be()} | "
-                f"{'yes' if k.resume else ''} | {k.help} |")
-  for hp in sorted(methods.declared().values(), key=lambda h: h.key):
-    owners = ", ".join(m for m in sorted(methods.METHODS)
-                       if any(h.key == hp.key for h in methods.get_method(m).hyperparameters))
-    rows.append(f"| `{hp.key}` | `{hp.default!r}` | (checked by its methods) | | "
-                f"{hp.help} ({owners}) |")
-  return "\n".join(rows)
-
-
-def method_list() -> str:
-  """The registered methods, for docs and help texts."""
-  from merlin_jax import methods
-  return ", ".join(sorted(methods.METHODS))
-
-
-if __name__ == "__main__":
-  import sys
-  print(method_list() if sys.argv[1:] == ["--methods"] else markdown_table())

@@ -16,20 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from merlin_jax import keys
 from merlin_jax.errors import ConfigError
 from merlin_jax.models import bert, cnn, resnet, weights
+from merlin_jax.models.dtype import DTYPES, compute_dtype  # noqa: F401  (re-export)
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(cfg):
-  """config.model.dtype -> the activations' dtype (parameters stay float32)."""
-  name = cfg.get("dtype", keys.default("model.dtype"))
-  keys.check("model.dtype", name)   # an export's config is read here unchecked
-  return DTYPES[name]
 
 
 def _small_cnn(cfg):
