@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests.conftest import numpy_init
 
 from merlin_jax import inner, losses
 from merlin_jax.runtime import sharding
@@ -20,6 +19,7 @@ from merlin_jax.data.interface import TransferData
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Hyper, get_method
 from merlin_jax.models import apply_head, make_backbone
+from tests.helpers import numpy_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HW, K = 8, 3

@@ -2,7 +2,7 @@
 
 Every key of `base_config()` is either fuzzed here or listed in NOT_READ with why the
 synthetic run does not read it (so a new key must be classified). Each draw runs the
-command line in-process (tests/test_cli.run_cli: absl's parsing, `main`, the error printing)
+command line in-process (tests/helpers.run_cli: absl's parsing, `main`, the error printing)
 on a copy of a finished run, which must come out byte-identical. The draws are seeded:
 MERLIN_FUZZ_SEED=<n> draws another set; MERLIN_PRINT_TABLE=1 prints every case.
 """
@@ -18,8 +18,7 @@ from merlin_jax import keys
 from merlin_jax.runtime import workdir as workdir_lib
 from merlin_jax.config_base import base_config
 from merlin_jax.methods import METHODS, declared, get_method
-from tests.test_cli import assert_one_line_error, run_cli, snapshot
-from tests.test_cli import finished  # noqa: F401  (the finished-run fixture, shared)
+from tests.helpers import assert_one_line_error, run_cli, snapshot
 
 SEED = int(os.environ.get("MERLIN_FUZZ_SEED", "0"))
 # Keys the synthetic image run (configs/synthetic.py) does not read: a value there is not an

@@ -27,6 +27,7 @@ import pytest
 
 from merlin_jax.runtime import checkpointing, fs, workdir as workdir_lib
 from merlin_jax.errors import UserError
+from tests.helpers import assert_one_line_error, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -112,7 +113,6 @@ def _uri(name: str) -> str:
 def sub_env(emulator, tmp_path_factory):
   """Subprocess env: the emulator's, 1 CPU device, no TensorBoard, a compilation cache
   shared by the runs (compiled once)."""
-  from tests.test_reliability import subprocess_env
   return subprocess_env(tmp_path_factory.mktemp("jax_cache"), **emulator)
 
 
@@ -223,7 +223,6 @@ def test_load_and_predict_from_a_gs_uri(gs_run, local_run):
 
 
 def test_a_gs_workdir_that_cannot_be_reached_is_one_error_line(sub_env):
-  from tests.test_cli import assert_one_line_error
   out = subprocess.run(_cli("gs://no-such-bucket-merlin/run"), env=sub_env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   message = assert_one_line_error(out.returncode, out.stderr,

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests.conftest import numpy_init
 
 from merlin_jax import inner, losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.methods import METHODS, Context, Hyper, get_method
 from merlin_jax.models import apply_head, make_backbone
+from tests.helpers import numpy_init
 
 FEAT, K_SRC, K_TGT = 16, 3, 4
 # Sizes chosen so the backbone only ever sees batches of 8 (source, target pool, MeRLin-ft's

@@ -44,8 +44,8 @@ _SCRIPT = textwrap.dedent("""
           mode="on", coordinator_address=spec["coordinator"], num_processes=spec["num_processes"],
           process_id=spec["process_id"], timeout_s=120))
     from merlin_jax.data import pipeline
-    from tests import fake_data
-    pipeline.load_transfer_data = fake_data.load_fake
+    from merlin_jax.data.synthetic import load_synthetic
+    pipeline.load_transfer_data = load_synthetic
     from merlin_jax import train
     from merlin_jax.errors import Preempted
     make_train_step = train.make_train_step
@@ -67,7 +67,7 @@ _SCRIPT = textwrap.dedent("""
       if run.get("copy_from") and jax.process_index() == 0:
         shutil.copytree(run["copy_from"], run["workdir"], dirs_exist_ok=True)
       if run.get("snapshot_to") is None:
-        cfg = fake_data.tiny_config("merlin", **run["overrides"])
+        cfg = tiny_config("merlin", **run["overrides"])
         train.make_train_step = (sigterm_at(run["sigterm_at"]) if "sigterm_at" in run
                                  else make_train_step)
         try:
