@@ -36,36 +36,16 @@ from merlin_jax.errors import ConfigError
 from merlin_jax.models.heads import apply_head, init_head
 
 
-def _d(name: str):
-  return keys.default(f"inner.{name}")
-
-
-@dataclasses.dataclass(frozen=True)
-class InnerConfig:
-  """config.inner as a value (hashable: a static argument of jitted code). The defaults,
-  ranges and choices are those of the `inner.*` keys (merlin_jax/keys.py); the one rule
-  across keys is checked here."""
-  kind: str = _d("kind")
-  steps: int = _d("steps")
-  lr: float = _d("lr")
-  step_size: str = _d("step_size")
-  first_order: bool = _d("first_order")
-  remat: bool = _d("remat")
-  gd_form: str = _d("gd_form")
-  init: str = _d("init")
-  weight_decay: float = _d("weight_decay")
-  ridge_lambda: float = _d("ridge_lambda")
-  ridge_scale: float = _d("ridge_scale")
-  tol: float = _d("tol")
+class _InnerChecks:
+  """What InnerConfig adds to its fields: made from config.inner, checked when made."""
 
   @classmethod
   def from_config(cls, cfg) -> "InnerConfig":
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: cfg[k] for k in cfg.keys() if k in fields}
     unknown = [k for k in cfg.keys() if k not in fields]
     if unknown:
       raise ConfigError(f"inner.{unknown[0]}", f"unknown key; valid keys are {sorted(fields)}")
-    return cls(**values)
+    return cls(**{k: cfg[k] for k in cfg.keys()})
 
   def __post_init__(self):   # every InnerConfig is checked, however it is made
     self.validate()
@@ -73,9 +53,21 @@ class InnerConfig:
   def validate(self) -> None:
     for field in dataclasses.fields(self):
       keys.check(f"inner.{field.name}", getattr(self, field.name))
+    # The one rule across keys (each key's own range and choices: its declaration).
     if self.kind == "implicit" and not self.weight_decay > 0:
       raise ConfigError("inner.weight_decay", "the implicit solver needs weight_decay > 0 (a "
                         f"strongly convex head problem), got {self.weight_decay!r}")
+
+
+# config.inner as a value (frozen, hashable: a static argument of jitted code). Its fields,
+# their types and defaults are the `inner.*` keys of merlin_jax/keys.py (kind, steps, lr,
+# step_size, first_order, remat, gd_form, init, weight_decay, ridge_lambda, ridge_scale,
+# tol), so the two cannot disagree.
+InnerConfig = dataclasses.make_dataclass(
+    "InnerConfig",
+    [(k.name.split(".", 1)[1], type(k.default), dataclasses.field(default=k.default))
+     for k in keys.section("inner")],
+    bases=(_InnerChecks,), frozen=True, namespace={"__module__": __name__})
 
 
 def head_train_loss(head, features, labels, weight_decay: float = 0.0):
