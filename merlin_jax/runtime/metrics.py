@@ -84,7 +84,7 @@ class MetricWriter:
 
 def truncate_jsonl(path: str, keep_upto_step: int) -> None:
   """Drop records past `keep_upto_step` (written after the checkpoint we resume from), so a
-  resumed run's file equals an uninterrupted run's. Atomic (merlin_jax/fs.py)."""
+  resumed run's file equals an uninterrupted run's. Atomic (runtime/fs.py)."""
   try:
     lines = fs.read_text(path).splitlines(keepends=True)
   except FileNotFoundError:
