@@ -207,3 +207,36 @@ def test_train_records_the_process_count_and_checks_it_on_resume(tmp_path, monke
   monkeypatch.setattr(SyntheticSource, "check_resume", seen.append, raising=False)
   train.train_and_evaluate(tiny_config("joint", total_steps=2), str(tmp_path))
   assert seen == [1]
+
+
+def test_pretraining_is_a_separate_stage_with_its_own_lock_and_log_line(tmp_path, monkeypatch,
+                                                                        caplog):
+  """A two-stage method without pretrained.path: stage 1 (pretrain, in WORKDIR/pretrain)
+  holds its own lock and releases it before stage 2 takes the workdir's; each stage says so
+  in the log; a rerun reads stage 1 back."""
+  import contextlib
+  import logging
+  from merlin_jax.runtime import workdir as workdir_lib
+  events, real_lock = [], workdir_lib.lock
+
+  @contextlib.contextmanager
+  def recording_lock(workdir):
+    events.append(("take", os.path.relpath(workdir, tmp_path)))
+    with real_lock(workdir):
+      yield
+    events.append(("free", os.path.relpath(workdir, tmp_path)))
+
+  monkeypatch.setattr(workdir_lib, "lock", recording_lock)
+  caplog.set_level(logging.INFO)
+  config = tiny_config("finetune", total_steps=2, **{"pretrained.steps": 2})
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert events == [("take", "run/pretrain"), ("free", "run/pretrain"),
+                    ("take", "run"), ("free", "run")]
+  text = caplog.text
+  assert "stage 1/2 (pretrain): 2 steps in" in text
+  assert text.index("stage 1/2") < text.index("stage 2/2 (finetune)")
+  events.clear()
+  caplog.clear()
+  train.train_and_evaluate(config, str(tmp_path / "run"))   # finished: both read back
+  assert "stage 1/2 (pretrain): finished in" in caplog.text
+  assert ("take", "run/pretrain") not in events
