@@ -175,10 +175,7 @@ def _train_and_evaluate(config, workdir: str, method: Method, pretrained: str | 
   resumed_step, state, selected, saved_meta = ckpts.restore(
       state, {"params": state.params, "model_state": state.model_state})
   start_step = int(state.step)
-  if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
-    raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
-                      f"from those the run in {workdir} started from (its {method.name} "
-                      "anchor); point it at the same weights, or use a new --workdir")
+  _check_same_anchor(config, workdir, method, anchor_digest, saved_meta)
   train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
                                mesh=mesh, state_sharding=state_sharding)
   evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
@@ -271,6 +268,15 @@ def _train_and_evaluate(config, workdir: str, method: Method, pretrained: str | 
                method.name, final.get("target_test_accuracy", float("nan")),
                final["selected_step"], final["best_target_val_accuracy"])
   return final
+
+
+def _check_same_anchor(config, workdir: str, method: Method, anchor_digest, saved_meta) -> None:
+  """A resume must rebuild the anchor its checkpoints were trained against (its digest is in
+  each one): pretrained.path may move, not change content."""
+  if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
+    raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
+                      f"from those the run in {workdir} started from (its {method.name} "
+                      "anchor); point it at the same weights, or use a new --workdir")
 
 
 def _evaluate_and_select(evaluator, ckpts, mesh, state, selected):
