@@ -13,7 +13,6 @@ import os
 import numpy as np
 
 from merlin_jax import inner as inner_lib, keys
-from merlin_jax.config_base import get_key
 from merlin_jax.errors import ConfigError, DataError, UserError
 from merlin_jax.methods import Method, get_method
 

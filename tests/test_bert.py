@@ -9,9 +9,6 @@ skip cleanly when torch / transformers are not importable (requirements-test.txt
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -7,14 +7,13 @@ subprocesses, one of them on two CPU devices.
 """
 
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
-from tests.helpers import StderrCapture, assert_one_line_error, run_cli, snapshot
+from tests.helpers import assert_one_line_error, run_cli, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")

@@ -9,7 +9,6 @@ catalog datasets are served by `tfds.testing.mock_data`.
 from __future__ import annotations
 
 import bz2
-import gzip
 import importlib.util
 import json
 import os

@@ -6,8 +6,6 @@ Bitwise: a run killed or preempted and restarted ends with the same metrics.json
 aside) and the same exported model bytes as an uninterrupted run (CPU, same device count).
 """
 
-import glob
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +22,9 @@ from merlin_jax import train
 from merlin_jax.runtime import checkpointing, provenance
 from merlin_jax.config_base import load_config, override
 from merlin_jax.runtime.metrics import read_jsonl
-from tests.helpers import assert_one_line_error, data_files, digest, flip_one_bit, run_cli, subprocess_env, tree_digest
+from tests.helpers import (
+    assert_one_line_error, data_files, digest, flip_one_bit, run_cli, subprocess_env,
+    tree_digest)
 
 # orbax's reader threads may log "Event loop is closed" after a failed read of a corrupt step.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
