@@ -64,7 +64,8 @@ def main(argv):
   target = {"inputs": tokens, "label": rng.integers(0, 2, pool_n).astype(np.int32)}
   backbone = make_backbone(model_cfg, jax.tree.map(lambda a: a[:1], tokens))
   hp = Hyper(num_source_classes=2, num_target_classes=2, alpha=0.01, beta=0.01,
-             inner=InnerConfig(kind="gd", steps=args.inner_steps, lr=1.0),
+             inner=InnerConfig(kind="gd", steps=args.inner_steps, lr=1.0,
+                                step_size="fixed"),
              split_train_size=args.split, split_val_size=args.split,
              target_batch_size=2 * args.split)
   ctx = Context(backbone=backbone, hp=hp)

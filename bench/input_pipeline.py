@@ -7,8 +7,8 @@ Measures source examples/s of
   2. a streaming tf.data pipeline over real TFRecords (printed_digits, in_memory=False),
   3. the ImageNet-style streaming pipeline (224x224x3, inception crop) under
      tfds.testing.mock_data (random JPEG-free images of random sizes: decode+crop cost only),
-and the examples/s the jitted MeRLin step consumes on the digits default
-(jax.jit(jax.value_and_grad(objective)) with config/digits.py's model and inner loop), then
+and the examples/s the training program's MeRLin step consumes on the digits default
+(`train.make_train_step` with configs/digits.py's model, inner loop and optimizer), then
 prints the ratio. Goal: pipeline >= 5x consumption. Builds printed_digits into --data_dir on
 first use (about a minute).
 """
@@ -83,35 +83,37 @@ def bench_streaming_mock_imagenet(steps, bs):
 
 
 def bench_step(data_dir, steps, bs):
-  """Examples/s of jit(value_and_grad(merlin objective)) on the digits default."""
+  """Examples/s of the training program's MeRLin step (`train.make_train_step`: objective,
+  gradient and optimizer update, state donated) on the digits default."""
   import jax
+  import jax.numpy as jnp
   from merlin_jax import data, train
   from merlin_jax.methods import get_method
   from merlin_jax.methods.base import Context
   from merlin_jax.config_base import load_config
   from merlin_jax.models import make_backbone
+  from merlin_jax.optim import make_optimizer
   config = load_config(os.path.join(_ROOT, "configs", "digits.py"))
   config.data.data_dir = data_dir
   d = data.load_transfer_data(config.data, 0)
   method = get_method("merlin")
   hp = method.hyper(config, d.num_source_classes, d.num_target_classes)
   ctx = Context(backbone=make_backbone(config.model, d.example_input), hp=hp)
-  params, state = train.init_params(ctx, jax.random.key(0), d.example_input)
-
-  @jax.jit
-  def step(params, source, target, key):
-    batch = {"source": source, "target": target}
-    (loss, _), grads = jax.value_and_grad(method.objective, argnums=1, has_aux=True)(
-        ctx, params, state, batch, key, None)
-    return loss, grads
-
+  params, model_state = train.init_params(ctx, jax.random.key(0), d.example_input)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           model_state=model_state, opt_state=optimizer.init(params),
+                           best_val_accuracy=jnp.zeros((), jnp.float32),
+                           best_step=jnp.zeros((), jnp.int32))
+  step = train.make_train_step(method, ctx, optimizer, jax.random.key(1))
   target = jax.device_put(d.target_train)
   it = d.source.batches(0, bs)
   batches = [jax.device_put(next(it)) for _ in range(4)]
-  jax.block_until_ready(step(params, batches[0], target, jax.random.key(0)))
+  state, out = step(state, batches[0], target, None)
+  jax.block_until_ready(out)
   t = time.perf_counter()
   for i in range(steps):
-    out = step(params, batches[i % 4], target, jax.random.key(i))
+    state, out = step(state, batches[i % 4], target, None)
   jax.block_until_ready(out)
   return steps * bs / (time.perf_counter() - t)
 
@@ -131,7 +133,7 @@ def main(argv):
        bench_streaming_mock_imagenet(max(steps // 10, 5), 64)),
   ]
   if not _SKIP_STEP.value:
-    rows.append(("CONSUMPTION: jit merlin step (digits.py)",
+    rows.append(("CONSUMPTION: merlin train step (digits.py)",
                  bench_step(data_dir, max(steps // 10, 10), bs)))
   print(f"\n{'pipeline':48s} {'examples/s':>12s}")
   for name, rate in rows:

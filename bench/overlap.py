@@ -57,7 +57,7 @@ def run(config_spec, method, steps, log_every, delay) -> float:
   """Training-only steps/s of one fresh run (the last train record's `steps_per_sec`)."""
   from merlin_jax import config_base, train
   from merlin_jax.data import pipeline
-  from merlin_jax.metrics import read_jsonl
+  from merlin_jax.runtime.metrics import read_jsonl
   config = config_base.load_config(config_spec)
   config_base.override(config, {"method": method, "total_steps": steps, "log_every": log_every,
                                 "eval.every": steps, "checkpoint_every": steps})
@@ -81,7 +81,7 @@ def run(config_spec, method, steps, log_every, delay) -> float:
 def main(argv):
   del argv
   os.environ.setdefault("MERLIN_JAX_TENSORBOARD", "0")
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   spec, method, steps = _CONFIG.value, _METHOD.value, _STEPS.value
   delay = _DELAY.value / 1e3

@@ -145,8 +145,8 @@ def build(cfg: BenchConfig, seed: int = 0):
   (state, metrics)."""
   backbone = make_backbone(_model_cfg(), (1,) + IMAGE_SHAPE)
   # implicit: the exact argmin needs an L2 term (strong convexity); ours: 0.01.
-  inner = InnerConfig(kind=cfg.kind, steps=cfg.steps, lr=INNER_LR, first_order=cfg.first_order,
-                      remat=cfg.remat, init="zeros",
+  inner = InnerConfig(kind=cfg.kind, steps=cfg.steps, lr=INNER_LR, step_size="fixed",
+                      first_order=cfg.first_order, remat=cfg.remat, init="zeros",
                       weight_decay=IMPLICIT_WEIGHT_DECAY if cfg.kind == "implicit" else 0.0)
   hp = Hyper(num_source_classes=NUM_CLASSES, num_target_classes=NUM_CLASSES, rho=1.0,
              alpha=0.5, inner=inner, split_train_size=SPLIT, split_val_size=SPLIT,

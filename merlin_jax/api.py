@@ -68,7 +68,8 @@ class Model:
   def __init__(self, flat: dict, meta: dict):
     import jax
     import ml_collections
-    from merlin_jax import checkpointing, evaluate
+    from merlin_jax import evaluate
+    from merlin_jax.runtime import checkpointing
     from merlin_jax.models import apply_head, make_backbone
 
     self.metadata = meta

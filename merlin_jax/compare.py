@@ -6,7 +6,7 @@ r"""Run several methods (and seeds, and a small hyperparameter grid) on one conf
       --grid='merlin:inner.steps=5,50' --tune_seeds=0
 
 Each run goes to WORKDIR/<method>/<setting>/seed_<s> (resumable: a finished run is read
-back, not re-run). The two-stage methods (finetune, l2sp, merlin_ft) share one `pretrain`
+back, not re-run). The two-stage methods (every method with `needs_pretrained`) share one `pretrain`
 run per seed (WORKDIR/pretrain/default/seed_<s>) unless the config sets pretrained.path.
 
 Grids: one `--grid` is a product over its axes; several `--grid`s for one method are a
@@ -68,7 +68,7 @@ def parse_flags(argv):
 def main(argv):
   del argv
   from merlin_jax.experiments import selection  # after flag parsing: fast --help
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   seeds = [int(s) for s in _SEEDS.value]
   with selection.driver("merlin_jax.compare"):   # a stop: after the current run, exit 75

@@ -17,7 +17,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from merlin_jax import inner as inner_lib, losses, sharding
+from merlin_jax import inner as inner_lib, losses
+from merlin_jax.runtime import sharding
 from merlin_jax.methods import Context, Method
 from merlin_jax.methods.base import batch_size as num_rows, take
 from merlin_jax.models import apply_head

@@ -31,64 +31,43 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from merlin_jax import losses
+from merlin_jax import keys, losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.models.heads import apply_head, init_head
 
-SOLVERS = ("gd", "ridge", "implicit")
-STEP_SIZES = ("fixed", "normalized")
-HEAD_INITS = ("zeros", "random")
-GD_FORMS = ("auto", "primal", "dual")
 
-
-@dataclasses.dataclass(frozen=True)
-class InnerConfig:
-  kind: str = "gd"
-  steps: int = 20            # n (gd)
-  lr: float = 0.1            # eta (gd)
-  step_size: str = "fixed"   # gd: 'fixed' (the paper's plain eta) | 'normalized' (eta / L_hat)
-  first_order: bool = False
-  remat: bool = True
-  gd_form: str = "auto"      # gd: 'auto' | 'primal' | 'dual' (`gd_form`)
-  init: str = "zeros"        # head init for gd: 'zeros' | 'random'
-  weight_decay: float = 0.0  # L2 on the head inside the inner problem (gd)
-  ridge_lambda: float = 1.0  # ridge
-  ridge_scale: float = 1.0   # logits = scale * ridge prediction (R2-D2's calibration)
-  tol: float = 1e-6          # implicit: gradient-norm tolerance of the solve (and of its CG)
+class _InnerChecks:
+  """What InnerConfig adds to its fields: made from config.inner, checked when made."""
 
   @classmethod
   def from_config(cls, cfg) -> "InnerConfig":
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: cfg[k] for k in cfg.keys() if k in fields}
     unknown = [k for k in cfg.keys() if k not in fields]
     if unknown:
       raise ConfigError(f"inner.{unknown[0]}", f"unknown key; valid keys are {sorted(fields)}")
-    inner = cls(**values)
-    inner.validate()
-    return inner
+    return cls(**{k: cfg[k] for k in cfg.keys()})
+
+  def __post_init__(self):   # every InnerConfig is checked, however it is made
+    self.validate()
 
   def validate(self) -> None:
-    if self.kind not in SOLVERS:
-      raise ConfigError("inner.kind", f"unknown inner solver {self.kind!r}; choose one of {list(SOLVERS)}")
-    if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
-      raise ConfigError("inner.steps", f"must be an integer >= 0, got {self.steps!r}")
-    if not self.lr > 0:
-      raise ConfigError("inner.lr", f"must be > 0, got {self.lr!r}")
-    if self.step_size not in STEP_SIZES:
-      raise ConfigError("inner.step_size", f"unknown step size rule {self.step_size!r}; choose one of {list(STEP_SIZES)}")
-    if self.gd_form not in GD_FORMS:
-      raise ConfigError("inner.gd_form", f"unknown form {self.gd_form!r}; choose one of {list(GD_FORMS)}")
-    if self.init not in HEAD_INITS:
-      raise ConfigError("inner.init", f"unknown head init {self.init!r}; choose one of {list(HEAD_INITS)}")
-    if not self.ridge_lambda > 0:
-      raise ConfigError("inner.ridge_lambda", f"must be > 0, got {self.ridge_lambda!r}")
-    if self.weight_decay < 0:
-      raise ConfigError("inner.weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+    for field in dataclasses.fields(self):
+      keys.check(f"inner.{field.name}", getattr(self, field.name))
+    # The one rule across keys (each key's own range and choices: its declaration).
     if self.kind == "implicit" and not self.weight_decay > 0:
       raise ConfigError("inner.weight_decay", "the implicit solver needs weight_decay > 0 (a "
                         f"strongly convex head problem), got {self.weight_decay!r}")
-    if not self.tol > 0:
-      raise ConfigError("inner.tol", f"must be > 0, got {self.tol!r}")
+
+
+# config.inner as a value (frozen, hashable: a static argument of jitted code). Its fields,
+# their types and defaults are the `inner.*` keys of merlin_jax/keys.py (kind, steps, lr,
+# step_size, first_order, remat, gd_form, init, weight_decay, ridge_lambda, ridge_scale,
+# tol), so the two cannot disagree.
+InnerConfig = dataclasses.make_dataclass(
+    "InnerConfig",
+    [(k.name.split(".", 1)[1], type(k.default), dataclasses.field(default=k.default))
+     for k in keys.section("inner")],
+    bases=(_InnerChecks,), frozen=True, namespace={"__module__": __name__})
 
 
 def head_train_loss(head, features, labels, weight_decay: float = 0.0):
@@ -164,7 +143,7 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
       return new, (_train_loss(logits, onehot, head["w"], weight_decay)
                    if return_trajectory else None)
     carry0, to_head = head0, lambda head: head
-  elif form == "dual":
+  else:   # dual
     onehot_t = jax.nn.one_hot(labels, num_classes, dtype=features.dtype).T   # [K, N]
     gram = scale * (features @ features.T)                                  # [N, N]
     fw0_t = (features @ head0["w"]).T                                       # [K, N]
@@ -181,8 +160,6 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
       return new, (_train_loss(logits_t.T, onehot_t.T, to_head(carry)["w"], weight_decay)
                    if return_trajectory else None)
     carry0 = (jnp.zeros_like(onehot_t), head0["b"], jnp.ones((), features.dtype))
-  else:
-    raise ConfigError("inner.gd_form", f"unknown form {form!r}; choose one of {list(GD_FORMS)}")
 
   if remat:
     step = jax.checkpoint(step)
@@ -302,11 +279,9 @@ def fit_head(inner: InnerConfig, features: jax.Array, labels: jax.Array, num_cla
                        inner.remat, step_size=inner.step_size, form=inner.gd_form)
   elif inner.kind == "ridge":
     head = fit_head_ridge(features, labels, num_classes, inner.ridge_lambda, inner.ridge_scale)
-  elif inner.kind == "implicit":
+  else:   # implicit (InnerConfig checks kind when it is made)
     head = fit_head_implicit(features, labels, num_classes, inner.weight_decay, inner.steps,
                              inner.tol)
-  else:  # validated earlier; kept for direct callers
-    raise ConfigError("inner.kind", f"unknown inner solver {inner.kind!r}")
   if inner.first_order:
     head = jax.lax.stop_gradient(head)
   return head

@@ -55,7 +55,7 @@ flags.mark_flags_as_required(["config"])
 flags.register_multi_flags_validator(
     ["workdir", "compile_only"], lambda f: f["workdir"] is not None or bool(f["compile_only"]),
     message="--workdir must have a value (or give --compile_only=TOPOLOGY)")
-# Multi-process runs (merlin_jax/distributed.py; launch/ has the commands for pods/clusters).
+# Multi-process runs (merlin_jax/runtime/distributed.py; launch/ has the commands for pods/clusters).
 _MULTIHOST = flags.DEFINE_enum(
     "multihost", "auto", ["auto", "on", "off"], "jax.distributed.initialize: auto = when "
     "--coordinator_address/JAX_COORDINATOR_ADDRESS is set or SLURM/Open MPI/a TPU pod is detected.")
@@ -140,7 +140,7 @@ def main(argv):
 def _main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   if _COMPILE_ONLY.value:
     _compile_only(_CONFIG.value, _COMPILE_ONLY.value)
@@ -151,7 +151,7 @@ def _main(argv):
     from merlin_jax import run_report   # a first line before the slow imports and loading
     logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
     from merlin_jax import train  # after flag parsing: fast --help
-    from merlin_jax import distributed
+    from merlin_jax.runtime import distributed
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))

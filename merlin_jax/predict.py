@@ -109,7 +109,7 @@ def _error(message: str) -> UserError:
 def main(argv):
   del argv
   import merlin_jax
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   sources = [f for f in (_IMAGES, _TFDS, _EVAL_SET, _TEXT) if f.value]
   if len(sources) != 1:

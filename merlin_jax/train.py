@@ -23,18 +23,17 @@ import numpy as np
 import optax
 from absl import logging
 
-from merlin_jax import checkpointing, checks, sharding, two_stage, workdir as workdir_lib
+from merlin_jax import checks, two_stage
 from merlin_jax import export as export_lib
-from merlin_jax import fs, preemption, provenance
 from merlin_jax import run_report
-from merlin_jax.errors import ConfigError, NonFiniteLossError, Preempted, UserError
+from merlin_jax.runtime import checkpointing, fs, loop, preemption, provenance, sharding
+from merlin_jax.runtime import workdir as workdir_lib
+from merlin_jax.errors import ConfigError, Preempted, UserError
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Method
-from merlin_jax.metrics import JSONL, MetricWriter, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, MetricWriter, read_jsonl
 from merlin_jax.models import init_head, make_backbone
 from merlin_jax.optim import lr_at, make_optimizer
-
-MAX_IN_FLIGHT = 2   # steps the host may dispatch ahead of the device (see the train loop)
 
 
 @flax.struct.dataclass
@@ -106,32 +105,64 @@ def make_train_step(method: Method, ctx: Context, optimizer, base_key, *, mesh=N
 
 
 # ---------------------------------------------------------------------------------------
-# The program.
+# The program: one stage, or two (pre-training, then the method from its export).
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs `config.method` and returns the final metrics (also the last line of metrics.jsonl).
 
-  SIGTERM (preemption) during the run: a checkpoint of the current step is saved and
-  `errors.Preempted` raised; running it again resumes (merlin_jax/preemption.py).
+  A two-stage method (finetune, l2sp, merlin_ft, ...) without pretrained.path runs
+  `pretrain_stage` first, in WORKDIR/pretrain: a run of its own (its lock, its log line),
+  then the method's run starts from its export. SIGTERM (preemption) during either stage: a
+  checkpoint of the current step is saved and `errors.Preempted` raised; running it again
+  resumes that stage (merlin_jax/runtime/preemption.py).
   """
   with preemption.handle_signals():
     method = checks.validate_config(config)
     if preemption.is_requested():   # a signal during start-up (main installs the handlers
       raise Preempted(None, workdir, before_start=True)   # first thing): nothing written
-    created = workdir_lib.make_dir(workdir)
-    try:
-      with workdir_lib.lock(workdir):   # one run per workdir, for the whole run
-        return _train_and_evaluate(config, workdir, method)
-    except UserError:
-      if created and jax.process_index() == 0:   # a failed start leaves no trace
-        for sub in (checkpointing.CHECKPOINTS, checkpointing.BEST):
-          fs.remove_dir_if_empty(fs.join(workdir, sub))
-        fs.remove_dir_if_empty(workdir)
-      raise
+    start = None
+    if method.needs_pretrained:
+      start = config.pretrained.path or pretrain_stage(
+          config, fs.join(workdir, two_stage.PRETRAIN_DIR), then=workdir)
+    return _locked_run(config, workdir, method, start)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method: Method) -> dict:
+def pretrain_stage(config: ml_collections.ConfigDict, pre_workdir: str,
+                   then: str | None = None) -> str:
+  """Stage 1 of a two-stage method without pretrained.path: `pretrain` for
+  pretrained.steps steps in pre_workdir (resumable; a finished one is read back, not
+  re-run), a run of its own; returns the path of its exported weights. `then`: stage 2's
+  workdir, checked (reads only) before stage 1 spends its steps."""
+  if two_stage.pretrain_finished(pre_workdir):
+    logging.info("stage 1/2 (pretrain): finished in %s, read back", pre_workdir)
+  else:
+    if then is not None:
+      workdir_lib.check(config, then)
+    pre = two_stage.pretrain_config(config)
+    logging.info("stage 1/2 (pretrain): %d steps in %s, the start of %s", pre.total_steps,
+                 pre_workdir, config.method)
+    _locked_run(pre, pre_workdir, checks.validate_config(pre), None)
+  logging.info("stage 2/2 (%s): starts from %s", config.method, pre_workdir)
+  return fs.join(pre_workdir, checkpointing.EXPORT)
+
+
+def _locked_run(config, workdir: str, method: Method, pretrained: str | None) -> dict:
+  created = workdir_lib.make_dir(workdir)
+  try:
+    with workdir_lib.lock(workdir):   # one run per workdir, for the whole run
+      return _train_and_evaluate(config, workdir, method, pretrained)
+  except UserError:
+    if created and jax.process_index() == 0:   # a failed start leaves no trace
+      for sub in (checkpointing.CHECKPOINTS, checkpointing.BEST):
+        fs.remove_dir_if_empty(fs.join(workdir, sub))
+      fs.remove_dir_if_empty(workdir)
+    raise
+
+
+def _train_and_evaluate(config, workdir: str, method: Method, pretrained: str | None) -> dict:
+  """The run in the (locked) workdir. What a bitwise resume rests on is listed in
+  merlin_jax/runtime/__init__.py; the rules that hold here are said where they hold."""
   from merlin_jax.data import pipeline  # TensorFlow is imported here, not at module import
 
   # Nothing in the workdir is written until every start-up check has passed (commit below).
@@ -145,18 +176,152 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
   hp = method.hyper(config, data.num_source_classes, data.num_target_classes)
   checks.check_data_fits(method, hp, data)
   ctx = Context(backbone=make_backbone(config.model, data.example_input), hp=hp)
-
   root_key = jax.random.key(config.seed)
-  params, model_state = init_params(ctx, jax.random.fold_in(root_key, 1), data.example_input)
-  if method.needs_pretrained:
-    params["backbone"], model_state, heads = two_stage.load_start(
-        config, workdir, ctx.backbone, params, model_state, method.pretrained_heads)
-    params.update(heads)
-  anchor = method.anchor(ctx, params, model_state, data.target_train)
+  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  state, state_sharding, anchor = _initial_state(config, method, ctx, mesh, data, optimizer,
+                                                 jax.random.fold_in(root_key, 1), pretrained)
   # The anchor is part of the objective: its digest goes into every checkpoint, and a
   # resume must rebuild the same one (pretrained.path may move, not change content).
   anchor_digest = None if anchor is None else checkpointing.tree_digest(anchor)
-  optimizer = make_optimizer(config.optimizer, config.total_steps)
+  target_pool = sharding.replicate(mesh, data.target_train)
+
+  ckpts = loop.RunCheckpoints(workdir, config)
+  resumed_step, state, selected, saved_meta = ckpts.restore(
+      state, {"params": state.params, "model_state": state.model_state})
+  start_step = int(state.step)
+  _check_same_anchor(config, workdir, method, anchor_digest, saved_meta)
+  train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
+                               mesh=mesh, state_sharding=state_sharding)
+  evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
+  if resumed_step is not None and method.uses_source and hasattr(data.source, "check_resume"):
+    # A tfrecord-streamed source resumes exactly only on the process count that wrote it.
+    data.source.check_resume(saved_meta.get("process_count"))
+  source_iter = (data.source.batches(start_step, config.batch_size)
+                 if method.uses_source else None)
+  # Every check passed: from here on the workdir is this run's.
+  workdir_lib.commit(config, workdir)
+  if resumed_step is not None:
+    logging.info("Resumed from %s at step %d", ckpts.directory, start_step)
+    if "records" in saved_meta:   # metrics.jsonl as it was at that checkpoint
+      workdir_lib.restore_metrics(workdir, saved_meta["records"], resumed_step)
+  provenance.record(workdir, config, start_step=start_step)
+  # A start without a checkpoint keeps no record (a kill before the first one left some).
+  writer = MetricWriter(workdir, resume_step=-1 if resumed_step is None else start_step)
+  writer.write_hparams(run_report.flat_hparams(config))   # TensorBoard's HPARAMS tab
+  queue = loop.MetricsQueue(saved_meta.get("loss_window", (0.0, 0)))
+  identity = workdir_lib.json_config(config)
+
+  def save(step, state):   # what a resume reads back: the state and, with it, these
+    ckpts.save(step, state, metadata={
+        "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
+        "loss_window": queue.loss_window, "process_count": jax.process_count(),
+        "best_step": int(state.best_step)})   # best/ keeps the selections of kept steps
+
+  def evaluate_and_select(state):
+    nonlocal selected
+    state, selected, m = _evaluate_and_select(evaluator, ckpts, mesh, state, selected)
+    return state, m
+
+  if start_step == 0 and int(state.best_step) == 0 and float(state.best_val_accuracy) < 0:
+    state, m = evaluate_and_select(state)  # step 0: the initial model is a candidate too
+    writer.write(0, m, group="eval")
+
+  logging.info("%s: %d devices, %d process(es); steps %d -> %d", method.name, mesh.size,
+               jax.process_count(), start_step, config.total_steps)
+  t_start = time.time()
+  clock = _TrainClock(config.total_steps)
+  for step in range(start_step, config.total_steps):
+    clock.start()
+    source = sharding.shard_batch(mesh, next(source_iter)) if source_iter is not None else None
+    state, metrics = train_step(state, source, target_pool, anchor)
+    done = step + 1
+    queue.push(done, metrics)   # the host runs at most loop.MAX_IN_FLIGHT steps ahead
+    logged = loop.itstime(done, config.log_every, config.total_steps)
+    evaluated = loop.itstime(done, config.eval.every, config.total_steps)
+    saving = loop.itstime(done, config.checkpoint_every, config.total_steps)
+    sync = logged or evaluated or saving or step == start_step
+    # A preemption is agreed on by all processes only at sync points (one collective per
+    # window); the step it stops at is saved below like any checkpoint.
+    preemption.check_abort()   # storage lost in the background (the lock's renewal)
+    stop = preemption.requested(done, sync=sync)
+    if not (sync or stop):
+      clock.stop(first=False)                       # dispatch time; the device time lands
+      continue                                      # in the window's sync below
+    # Order at a sync point: drain (a non-finite step raises before anything of its window
+    # is logged or saved), log, evaluate (may select), save (with the loss window after
+    # the log reset it), stop. A resumed run replays from the saved step the same way.
+    metrics = queue.drain(ckpts.latest_step())
+    clock.stop(first=step == start_step)   # training time only: the ETA excludes eval/saves
+    if logged or step == start_step:   # and the first step: a line early, console only
+      lr = lr_at(config.optimizer, config.total_steps, step)
+      logging.info("step %d/%d  loss %.4f (mean of %d)  lr %.3g  %s", done, config.total_steps,
+                   queue.mean_loss(), queue.loss_window[1], lr, clock.progress(done))
+    if logged:
+      writer.write(done, dict(metrics, loss=queue.mean_loss(), loss_last=metrics["loss"],
+                              lr=lr, steps_per_sec=clock.steps_per_sec), group="train")
+      queue.reset_window()
+    if evaluated:
+      state, m = evaluate_and_select(state)
+      logging.info("step %d  target val accuracy %.4f (best %.4f at step %d)", done,
+                   m["target_val_accuracy"], float(state.best_val_accuracy), int(state.best_step))
+      writer.write(done, m, group="eval")
+    if saving or (stop and ckpts.latest_step() != done):
+      save(done, state)
+    if stop:  # SIGTERM/SIGINT: checkpoint this step (above), stop (not in the handler)
+      logging.warning("preempted (%s) at step %d: saved checkpoint %d in %s; rerun the "
+                      "same command to resume", preemption.signal_name(), done, done,
+                      ckpts.directory)
+      writer.close()
+      raise Preempted(done, ckpts.directory)
+
+  if int(state.step) == 0 and ckpts.latest_step() is None:
+    save(0, state)
+  final = _final_evaluation(config, method, evaluator, data, state, selected, workdir,
+                            {"final": True, "train_seconds": time.time() - t_start})
+  writer.write(config.total_steps, final, group="final")
+  writer.close()
+  ckpts.close(selected_step=int(state.best_step))
+  figure = run_report.plot_learning_curve_safely(workdir, writer.records, config)
+  for line in run_report.final_lines(workdir, method.name, final, figure):
+    logging.info("%s", line)
+  return final
+
+
+def _check_same_anchor(config, workdir: str, method: Method, anchor_digest, saved_meta) -> None:
+  """A resume must rebuild the anchor its checkpoints were trained against (its digest is in
+  each one): pretrained.path may move, not change content."""
+  if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
+    raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
+                      f"from those the run in {workdir} started from (its {method.name} "
+                      "anchor); point it at the same weights, or use a new --workdir")
+
+
+def _evaluate_and_select(evaluator, ckpts, mesh, state, selected):
+  """Target-validation (and source) metrics of `state`; a new best becomes the selected
+  model (saved in WORKDIR/best) and is recorded in the state. (state, selected, metrics)"""
+  m = evaluator.target_val(state.params, state.model_state)
+  m.update(evaluator.source_sets(state.params, state.model_state))
+  # Compare in float32, the stored precision: an equal accuracy later is not "better".
+  if np.float32(m["target_val_accuracy"]) > np.float32(state.best_val_accuracy):
+    # Copies: the train step donates the state's buffers.
+    selected = _copy({"params": state.params, "model_state": state.model_state})
+    state = state.replace(
+        best_val_accuracy=sharding.replicate(mesh, np.float32(m["target_val_accuracy"])),
+        best_step=_copy(state.step))
+    ckpts.save_best(int(state.step), selected)
+  m["best_target_val_accuracy"] = float(state.best_val_accuracy)
+  return state, selected, m
+
+
+def _initial_state(config, method: Method, ctx: Context, mesh, data, optimizer, key,
+                   pretrained: str | None):
+  """(the step-0 TrainState placed on the mesh, its sharding, the method's anchor placed)."""
+  params, model_state = init_params(ctx, key, data.example_input)
+  if method.needs_pretrained:
+    params["backbone"], model_state, heads = two_stage.load_start(
+        pretrained, ctx.backbone, params, model_state, method.pretrained_heads)
+    params.update(heads)
+  anchor = method.anchor(ctx, params, model_state, data.target_train)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=optimizer.init(params),
                      best_val_accuracy=jnp.full((), -1.0, jnp.float32),
@@ -171,159 +336,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
               else sharding.replicate(mesh, anchor))
   logging.info("mesh %s, params %s: train state %.1f MB per device", dict(mesh.shape),
                config.mesh.param_sharding, sharding.bytes_per_device(state) / 2**20)
-  target_pool = sharding.replicate(mesh, data.target_train)
+  return state, state_sharding, anchor
 
-  ckpt = checkpointing.make_manager(os.path.join(workdir, checkpointing.CHECKPOINTS),
-                                    config.keep_checkpoints)
-  # The model selected at the best_step of any kept checkpoint must stay restorable (after a
-  # kill, newer bests than the resumed state's are recomputed): keep every best saved since
-  # the oldest kept checkpoint, at most one per eval, plus the one before.
-  best_mngr = checkpointing.make_manager(
-      os.path.join(workdir, checkpointing.BEST),
-      config.keep_checkpoints * -(-config.checkpoint_every // config.eval.every) + 2)
-  selected = {"params": state.params, "model_state": state.model_state}
-  resumed_step, state = checkpointing.restore_latest(ckpt, state)
-  start_step = int(state.step)
-  saved_meta = {}
-  if resumed_step is not None:
-    saved_meta = checkpointing.step_metadata(os.fspath(ckpt.directory), resumed_step)
-    if anchor_digest and saved_meta.get("anchor_digest") not in (None, anchor_digest):
-      raise ConfigError("pretrained.path", f"the weights at {config.pretrained.path!r} differ "
-                        f"from those the run in {workdir} started from (its {method.name} "
-                        "anchor); point it at the same weights, or use a new --workdir")
-    _, selected = checkpointing.restore_latest(best_mngr, selected, step=int(state.best_step))
 
-  train_step = make_train_step(method, ctx, optimizer, jax.random.fold_in(root_key, 2),
-                               mesh=mesh, state_sharding=state_sharding)
-  evaluator = Evaluator(config, method, ctx, mesh, data, target_pool, config.seed)
-  if resumed_step is not None and method.uses_source and hasattr(data.source, "check_resume"):
-    # A tfrecord-streamed source resumes exactly only on the process count that wrote it.
-    data.source.check_resume(saved_meta.get("process_count"))
-  source_iter = (data.source.batches(start_step, config.batch_size)
-                 if method.uses_source else None)
-  # Every check passed: from here on the workdir is this run's.
-  workdir_lib.commit(config, workdir)
-  if resumed_step is not None:
-    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
-    if "records" in saved_meta:   # metrics.jsonl as it was at that checkpoint
-      workdir_lib.restore_metrics(workdir, saved_meta["records"], resumed_step)
-  provenance.record(workdir, config, start_step=start_step)
-  # A start without a checkpoint keeps no record (a kill before the first one left some).
-  writer = MetricWriter(workdir, resume_step=-1 if resumed_step is None else start_step)
-  writer.write_hparams(run_report.flat_hparams(config))   # TensorBoard's HPARAMS tab
-  identity = workdir_lib.json_config(config)
-
-  def save(step, state):
-    checkpointing.save(ckpt, step, state, metadata={
-        "config": identity, "records": writer.records, "anchor_digest": anchor_digest,
-        "loss_window": loss_window, "process_count": jax.process_count(),
-        "best_step": int(state.best_step)})
-
-  def evaluate_and_select(state):
-    nonlocal selected
-    m = evaluator.target_val(state.params, state.model_state)
-    m.update(evaluator.source_sets(state.params, state.model_state))
-    # Compare in float32, the stored precision: an equal accuracy later is not "better".
-    if np.float32(m["target_val_accuracy"]) > np.float32(state.best_val_accuracy):
-      # Copies: the train step donates the state's buffers.
-      selected = _copy({"params": state.params, "model_state": state.model_state})
-      state = state.replace(
-          best_val_accuracy=sharding.replicate(mesh, np.float32(m["target_val_accuracy"])),
-          best_step=_copy(state.step))
-      checkpointing.save(best_mngr, int(state.step), selected)
-    m["best_target_val_accuracy"] = float(state.best_val_accuracy)
-    return state, m
-
-  if start_step == 0 and int(state.best_step) == 0 and float(state.best_val_accuracy) < 0:
-    state, m = evaluate_and_select(state)  # step 0: the initial model is a candidate too
-    writer.write(0, m, group="eval")
-
-  logging.info("%s: %d devices, %d process(es); steps %d -> %d", method.name, mesh.size,
-               jax.process_count(), start_step, config.total_steps)
-  t_start = time.time()
-  # The logged loss is the mean over the logging window; its sum travels in each
-  # checkpoint's metadata (save above), so a resumed run logs what an uninterrupted one does.
-  loss_window = list(saved_meta.get("loss_window", (0.0, 0)))
-  clock = _TrainClock(config.total_steps)
-  # No per-step host round trip: a step's metrics stay on the device (their copy to the host
-  # starts at once, asynchronously) and are read at the next sync point (logging, evaluation,
-  # checkpoint, preemption, the first and last steps), so the host fetches the next batch
-  # while the device computes. `drain` checks them step by step in order: a non-finite step
-  # stops the run before anything after it is saved. The host runs at most MAX_IN_FLIGHT
-  # steps ahead of the device (it waits for step t-2's metrics before dispatching more), so
-  # a stop lands within about two steps, not at the end of a window the host has already
-  # queued (a preemption's grace period is ~30 s).
-  pending = []   # [(step, metrics on device)] since the last sync point
-
-  def drain():
-    last = None
-    for at, m in pending:
-      m = jax.device_get(m)
-      if not bool(m.pop("finite")):
-        bad = sorted(k for k, v in m.items() if not np.all(np.isfinite(v)))
-        raise NonFiniteLossError(
-            f"non-finite value at step {at} in {', '.join(bad) or 'the gradient'}; stopped "
-            f"without saving it ({_kept(ckpt.latest_step())}); "
-            "rerun with a lower optimizer.lr or inner.lr in a new --workdir (a workdir holds "
-            "one config)")
-      loss_window[0] += float(m["loss"])
-      loss_window[1] += 1
-      last = m
-    pending.clear()
-    return last
-
-  for step in range(start_step, config.total_steps):
-    clock.start()
-    source = sharding.shard_batch(mesh, next(source_iter)) if source_iter is not None else None
-    state, metrics = train_step(state, source, target_pool, anchor)
-    for leaf in jax.tree.leaves(metrics):
-      if isinstance(leaf, jax.Array):
-        leaf.copy_to_host_async()
-    done = step + 1
-    pending.append((done, metrics))
-    if len(pending) > MAX_IN_FLIGHT:   # a wait on the device, no transfer: overlap is kept
-      jax.block_until_ready(pending[-1 - MAX_IN_FLIGHT][1])
-    logged = done % config.log_every == 0 or done == config.total_steps
-    evaluated = done % config.eval.every == 0 or done == config.total_steps
-    saving = done % config.checkpoint_every == 0 or done == config.total_steps
-    sync = logged or evaluated or saving or step == start_step
-    preemption.check_abort()   # storage lost in the background (the lock's renewal)
-    stop = preemption.requested(done, sync=sync)   # collective only at sync points
-    if not (sync or stop):
-      clock.stop(first=False)                       # dispatch time; the device time lands
-      continue                                      # in the window's sync below
-    metrics = drain()
-    clock.stop(first=step == start_step)   # training time only: the ETA excludes eval/saves
-    if logged or step == start_step:   # and the first step: a line early, console only
-      lr = lr_at(config.optimizer, config.total_steps, step)
-      loss = loss_window[0] / loss_window[1]
-      logging.info("step %d/%d  loss %.4f (mean of %d)  lr %.3g  %s", done, config.total_steps,
-                   loss, loss_window[1], lr, clock.progress(done))
-    if logged:
-      writer.write(done, dict(metrics, loss=loss, loss_last=metrics["loss"], lr=lr,
-                              steps_per_sec=clock.steps_per_sec), group="train")
-      loss_window = [0.0, 0]
-    if evaluated:
-      state, m = evaluate_and_select(state)
-      logging.info("step %d  target val accuracy %.4f (best %.4f at step %d)", done,
-                   m["target_val_accuracy"], float(state.best_val_accuracy), int(state.best_step))
-      writer.write(done, m, group="eval")
-    if saving:
-      save(done, state)
-    if stop:  # SIGTERM/SIGINT: checkpoint this step, stop (not in the handler)
-      if ckpt.latest_step() != done:
-        save(done, state)
-      logging.warning("preempted (%s) at step %d: saved checkpoint %d in %s; rerun the "
-                      "same command to resume", preemption.signal_name(), done, done,
-                      ckpt.directory)
-      writer.close()
-      raise Preempted(done, os.fspath(ckpt.directory))
-
-  if int(state.step) == 0 and not ckpt.all_steps():
-    save(0, state)
-  # Final evaluation of the model selected on target validation (or of the final model, for
-  # a method whose product is the end of its training: pre-training).
-  final = {"final": True, "train_seconds": time.time() - t_start}
+def _final_evaluation(config, method: Method, evaluator, data, state, selected,
+                      workdir: str, final: dict) -> dict:
+  """The final record: the model selected on target validation (or the final model, for a
+  method whose product is the end of its training: pre-training) on the target test set,
+  and its export (what was evaluated: for a 'probe' method the fitted head, not the
+  never-trained params['target_head'], merlin_jax/export.py)."""
   if method.select_on_target_val:
     sel_params, sel_state = selected["params"], selected["model_state"]
     final.update(selected_step=int(state.best_step),
@@ -337,38 +358,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, method:
     if name == "target_test":
       final["target_test_accuracy"] = evaluator.eval_set(name, sel_params, sel_state, head)
   final.update(evaluator.source_sets(sel_params, sel_state))
-  # The export is what was evaluated: for a 'probe' method the fitted head, not the
-  # never-trained params['target_head'] (merlin_jax/export.py).
   checkpointing.export_safetensors(
       os.path.join(workdir, checkpointing.EXPORT),
       export_lib.exported_tree(sel_params, sel_state, head),
       export_lib.metadata(config, method, data.num_target_classes,
                           data.target_class_names, data.example_input, final))
-  writer.write(config.total_steps, final, group="final")
-  writer.close()
-  ckpt.close()
-  # best/ keeps what a user needs: the selected model (the step the export came from) and
-  # the selections of the kept checkpoints (a resume from one of them restores its own), not
-  # every improvement on the way.
-  needed = {int(state.best_step)} | {
-      checkpointing.step_metadata(os.fspath(ckpt.directory), s).get("best_step", -1)
-      for s in ckpt.all_steps()}
-  if -1 not in needed:   # a checkpoint that does not say (an older version): keep all
-    checkpointing.keep_only(best_mngr, needed)
-  best_mngr.close()
-  figure = run_report.plot_learning_curve_safely(workdir, writer.records, config)
-  for line in run_report.final_lines(workdir, method.name, final, figure):
-    logging.info("%s", line)
   return final
 
 
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-
-
-def _kept(step) -> str:
-  if step is None:
-    return "no checkpoint was saved yet: nothing to resume"
-  return f"last good checkpoint: step {step}, kept"
 
 
 class _TrainClock:

@@ -1,24 +1,24 @@
 """Where a two-stage method's pre-trained start comes from (finetune, l2sp, merlin_ft, ...).
 
-One mechanism, used by the training program and by `merlin_jax.compare` alike:
-
-    path = pretrained_path(config, workdir)   # config.pretrained.path, or a pretrain run
-    backbone_params, model_state, heads = load_start(config, workdir, backbone, ...)
-
 `config.pretrained.path` names the weights (a `model.safetensors`, a workdir holding one, or
 whatever the backbone's own loader accepts, e.g. a Hugging Face BERT directory). When it is
-empty, `run_pretrain` trains `pretrain` for `config.pretrained.steps` steps in
-`WORKDIR/pretrain` first (resumable like any run; a finished one is read back, not re-run).
+empty, the training program runs a separate first stage (`train.pretrain_stage`: its own
+run, lock and log line) that trains `pretrain_config(config)` in `WORKDIR/pretrain`
+(resumable like any run; a finished one is read back, not re-run); `merlin_jax.compare`
+shares one such run per seed. Then
+
+    backbone_params, model_state, heads = load_start(path, backbone, ...)
+
+This module imports nothing of the training program (tests/test_architecture.py checks the
+import graph has no cycle).
 """
 
 from __future__ import annotations
 
 import copy
 
-from absl import logging
-
-from merlin_jax import checkpointing, fs
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime import checkpointing, fs
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 PRETRAIN_DIR = "pretrain"
 
@@ -33,18 +33,6 @@ def pretrain_config(config):
   return pre
 
 
-def run_pretrain(config, pre_workdir: str) -> str:
-  """Runs (or resumes, or reads back) `pretrain_config(config)` in pre_workdir; returns the
-  path of its exported weights."""
-  from merlin_jax import train  # the training program runs this stage too: import late
-  if not pretrain_finished(pre_workdir):
-    pre = pretrain_config(config)
-    logging.info("the start of the two-stage methods: running `pretrain` for %d steps in %s",
-                 pre.total_steps, pre_workdir)
-    train.train_and_evaluate(pre, pre_workdir)
-  return fs.join(pre_workdir, checkpointing.EXPORT)
-
-
 def pretrain_finished(pre_workdir: str) -> bool:
   """The pretrain run in pre_workdir has its final record and its exported weights."""
   jsonl = fs.join(pre_workdir, JSONL)
@@ -53,19 +41,11 @@ def pretrain_finished(pre_workdir: str) -> bool:
               and fs.is_file(fs.join(pre_workdir, checkpointing.EXPORT)))
 
 
-def pretrained_path(config, workdir: str) -> str:
-  """config.pretrained.path if set, else the export of a pretrain run in WORKDIR/pretrain."""
-  if config.pretrained.path:
-    return config.pretrained.path
-  return run_pretrain(config, fs.join(workdir, PRETRAIN_DIR))
-
-
-def load_start(config, workdir: str, backbone, params_template, state_template,
+def load_start(path: str, backbone, params_template, state_template,
                heads: tuple[str, ...] = ()):
-  """(backbone params, model_state, {head: params}) of the pre-trained start, read by the
-  backbone's own reader (`Backbone.read_weights`) and checked leaf by leaf against the
-  templates; `heads` (e.g. 'source_head') are taken from the export too."""
-  path = pretrained_path(config, workdir)
+  """(backbone params, model_state, {head: params}) of the pre-trained start at `path`,
+  read by the backbone's own reader (`Backbone.read_weights`) and checked leaf by leaf
+  against the templates; `heads` (e.g. 'source_head') are taken from the export too."""
   flat = backbone.read_weights(path)
   params = checkpointing.fill_from_flat(params_template["backbone"], flat, "params/backbone",
                                         path)

@@ -1,10 +1,9 @@
-"""Shared test helpers: float64 for gradient checks, numpy-filled backbone variables.
+"""The shared fixtures (the shared helpers: tests/helpers.py).
 
 (The repo root goes on sys.path so the tests also run without pytest.ini's rootdir.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -12,23 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 
-
-@contextlib.contextmanager
-def x64():
-  """float64 inside the block only (restores the previous setting afterwards)."""
-  if hasattr(jax, "enable_x64"):
-    with jax.enable_x64(True):
-      yield
-  else:  # older jax: flip the global flag and put it back
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-      yield
-    finally:
-      jax.config.update("jax_enable_x64", previous)
+from tests.helpers import StderrCapture, run_cli, x64  # noqa: E402
 
 
 @pytest.fixture
@@ -38,32 +23,17 @@ def float64():
     yield
 
 
-def numpy_init(backbone, example_shape, rng):
-  """A backbone's (params, state) with Flax's structure, filled by numpy.
-
-  Flax's own init compiles every initializer (seconds on a busy 2-core machine) and is not
-  what these tests are about. Kernels ~ N(0, 1/fan_in), biases small, batch-norm scale 1,
-  running mean 0 and variance 1 (Flax's defaults).
-  """
-  import jax.numpy as jnp
-  import numpy as np
-
-  shapes = jax.eval_shape(lambda: backbone.init(jax.random.key(0), jnp.zeros(example_shape)))
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-    if name == "bias":
-      return (0.1 * rng.normal(size=leaf.shape)).astype(leaf.dtype)
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, leaf.dtype)
-    if name == "mean":
-      return np.zeros(leaf.shape, leaf.dtype)
-    raise AssertionError(f"unexpected variable {jax.tree_util.keystr(path)}")
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A workdir with a finished 10-step synthetic run (made through the CLI)."""
+  workdir = tmp_path_factory.mktemp("finished")
+  os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
+  try:
+    code, err = run_cli([], StderrCapture(), workdir=workdir)
+  finally:
+    os.environ.pop("MERLIN_JAX_TENSORBOARD")
+  assert code == 0, err[-3000:]
+  return workdir
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,6 @@ skip cleanly when torch / transformers are not importable (requirements-test.txt
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,54 +18,7 @@ from flax import traverse_util
 
 from merlin_jax.errors import UserError
 from merlin_jax.models import bert, make_backbone, weights
-
-TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, max_position_embeddings=24, type_vocab_size=2,
-            layer_norm_eps=1e-12, hidden_act="gelu")
-
-
-def write_random_hf_bert(path, arch=TINY, seed=0, prefix=""):
-  """A random BERT in the HF layout: config.json, model.safetensors, vocab.txt."""
-  from safetensors.numpy import save_file
-  rng = np.random.default_rng(seed)
-  h, i, n = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"]
-  t = {}
-
-  def lin(name, out_dim, in_dim):
-    t[f"{name}.weight"] = rng.normal(0, 0.2, (out_dim, in_dim)).astype(np.float32)
-    t[f"{name}.bias"] = rng.normal(0, 0.1, (out_dim,)).astype(np.float32)
-
-  def ln(name):
-    t[f"{name}.weight"] = (1 + rng.normal(0, 0.1, (h,))).astype(np.float32)
-    t[f"{name}.bias"] = rng.normal(0, 0.1, (h,)).astype(np.float32)
-
-  t["embeddings.word_embeddings.weight"] = rng.normal(0, 1, (arch["vocab_size"], h)).astype(np.float32)
-  t["embeddings.position_embeddings.weight"] = rng.normal(
-      0, 1, (arch["max_position_embeddings"], h)).astype(np.float32)
-  t["embeddings.token_type_embeddings.weight"] = rng.normal(
-      0, 1, (arch["type_vocab_size"], h)).astype(np.float32)
-  ln("embeddings.LayerNorm")
-  for l in range(n):
-    p = f"encoder.layer.{l}"
-    for m in ("query", "key", "value"):
-      lin(f"{p}.attention.self.{m}", h, h)
-    lin(f"{p}.attention.output.dense", h, h)
-    ln(f"{p}.attention.output.LayerNorm")
-    lin(f"{p}.intermediate.dense", i, h)
-    lin(f"{p}.output.dense", h, i)
-    ln(f"{p}.output.LayerNorm")
-  lin("pooler.dense", h, h)
-  os.makedirs(path, exist_ok=True)
-  save_file({prefix + k: v for k, v in t.items()}, os.path.join(path, "model.safetensors"))
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(dict(arch, model_type="bert", architectures=["BertModel"],
-                   position_embedding_type="absolute", pad_token_id=0), f)
-  specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-  words = [f"w{k}" for k in range(arch["vocab_size"] - len(specials))]
-  with open(os.path.join(path, "vocab.txt"), "w") as f:
-    f.write("\n".join(specials + words) + "\n")
-  return str(path)
-
+from tests.helpers import TINY, write_random_hf_bert
 
 def random_inputs(seed, batch, length, vocab, lengths=None):
   rng = np.random.default_rng(seed)
@@ -149,7 +99,7 @@ def test_pooling_modes_and_backbone(tmp_path):
 
 def test_export_layout_fills_like_our_exports(tmp_path):
   """The hook train.pretrained_backbone uses: HF names -> 'params/backbone/...'."""
-  from merlin_jax import checkpointing
+  from merlin_jax.runtime import checkpointing
   hf_dir = write_random_hf_bert(tmp_path / "bert", prefix="bert.")
   inputs = random_inputs(0, batch=1, length=8, vocab=TINY["vocab_size"])
   module = bert.make_bert(ml_collections.ConfigDict(dict(hf_dir=hf_dir)))

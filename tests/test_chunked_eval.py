@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests.conftest import numpy_init
 
-from merlin_jax import inner, losses, sharding
+from merlin_jax import inner, losses
+from merlin_jax.runtime import sharding
 from merlin_jax.data.interface import TransferData
 from merlin_jax.evaluate import Evaluator
 from merlin_jax.methods import Context, Hyper, get_method
 from merlin_jax.models import apply_head, make_backbone
+from tests.helpers import numpy_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HW, K = 8, 3
@@ -88,7 +89,7 @@ def test_chunked_probe_on_four_devices_shards_the_chunks():
       out = {{}}
       for n in (1, 4):
         devs = jax.devices()[:n]
-        import merlin_jax.sharding as sh
+        import merlin_jax.runtime.sharding as sh
         from jax.sharding import Mesh
         orig = sh.make_mesh
         sh.make_mesh = lambda *a, **k: Mesh(np.asarray(devs).reshape(n, 1), ("data", "model"))

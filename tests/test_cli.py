@@ -7,88 +7,21 @@ subprocesses, one of them on two CPU devices.
 """
 
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+from tests.helpers import assert_one_line_error, run_cli, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
-PREFIX = "merlin_jax: error: "
-
-
-def run_cli(args, capfd, config=CONFIG, workdir=None):
-  """`python -m merlin_jax.main --config=CONFIG --workdir=WORKDIR ARGS` in this process.
-
-  -> (exit code, stderr). Resets absl's flags (and the `--config.*` override flags that
-  ml_collections registers per parse, from sys.argv) so calls are independent.
-  """
-  from absl import flags
-  from merlin_jax import main
-  argv = ["merlin_jax.main"] + ([f"--config={config}"] if config else []) + (
-      [f"--workdir={workdir}"] if workdir else []) + list(args)
-  flags.FLAGS.unparse_flags()
-  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-    delattr(flags.FLAGS, name)
-  sys.modules.pop("config_config", None)   # config_flags' module of the last --config file
-  capfd.readouterr()
-  old_argv, sys.argv = sys.argv, argv
-  try:
-    with pytest.raises(SystemExit) as e:
-      main.run(argv)
-  finally:
-    sys.argv = old_argv
-  code = e.value.code
-  return (0 if code is None else code), capfd.readouterr().err
-
-
-def assert_one_line_error(code, err, fragment=None):
-  assert code == 2, err[-3000:]
-  assert "Traceback" not in err, err[-3000:]
-  lines = [l for l in err.splitlines() if l.startswith("merlin_jax:")]
-  assert len(lines) == 1, err[-3000:]
-  assert err.strip().splitlines()[-1] == lines[0]          # the last thing printed
-  if fragment:
-    assert fragment in lines[0], lines[0]
-  return lines[0][len(PREFIX):]
-
-
-def snapshot(workdir):
-  """relative path -> sha256 of every file (checkpoints, best, metrics, config, export...)."""
-  out = {}
-  for f in sorted(glob.glob(os.path.join(workdir, "**"), recursive=True, include_hidden=True)):
-    if os.path.isfile(f):
-      with open(f, "rb") as fh:
-        out[os.path.relpath(f, workdir)] = hashlib.sha256(fh.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(autouse=True)
 def no_tensorboard(monkeypatch):
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")   # skips TensorFlow's import
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A workdir with a finished 10-step synthetic run (made through the CLI)."""
-  workdir = tmp_path_factory.mktemp("finished")
-  os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
-  try:
-    code, err = run_cli([], _StderrCapture(), workdir=workdir)
-  finally:
-    os.environ.pop("MERLIN_JAX_TENSORBOARD")
-  assert code == 0, err[-3000:]
-  return workdir
-
-
-class _StderrCapture:
-  """capfd stand-in for a module-scoped fixture (stderr is left alone)."""
-
-  def readouterr(self):
-    return type("Out", (), {"err": "", "out": ""})()
 
 
 # kind -> (flags, expected fragment of the one line, where): where = 'fresh' (a new workdir:

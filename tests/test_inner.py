@@ -340,7 +340,8 @@ def test_gd_remat_memory_grows_only_by_the_carry(form):
   y = jnp.zeros((n_tr,), jnp.int32)
 
   def temp_bytes(steps, remat):
-    cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.1, remat=remat, gd_form=form)
+    cfg = inner.InnerConfig(kind="gd", steps=steps, lr=0.1, step_size="fixed",
+                            remat=remat, gd_form=form)
     meta = lambda f: inner.meta_target_loss(cfg, f, y, f, y, k, None)[0]
     return jax.jit(jax.grad(meta)).lower(f).compile().memory_analysis().temp_size_in_bytes
 
@@ -359,7 +360,8 @@ def test_remat_does_not_change_the_gradient(float64):
   key = jax.random.key(0)
   grads = []
   for remat in (True, False):
-    cfg = inner.InnerConfig(kind="gd", steps=6, lr=0.5, init="random", remat=remat)
+    cfg = inner.InnerConfig(kind="gd", steps=6, lr=0.5, step_size="fixed",
+                            init="random", remat=remat)
     grads.append(jax.jit(jax.grad(lambda p: _meta_loss_library(cfg, p, d, key)))(
         jnp.asarray(d["phi"])))
   assert np.abs(grads[0]).max() > 1e-3
@@ -371,8 +373,10 @@ def test_first_order_equals_gradient_with_the_inner_path_stopped(float64, kind):
   d = _data(seed=4)
   key = jax.random.key(1)
   phi = jnp.asarray(d["phi"])
-  cfg_fo = inner.InnerConfig(kind=kind, steps=6, lr=0.5, first_order=True, ridge_lambda=0.5)
-  cfg_so = inner.InnerConfig(kind=kind, steps=6, lr=0.5, first_order=False, ridge_lambda=0.5)
+  cfg_fo = inner.InnerConfig(kind=kind, steps=6, lr=0.5, step_size="fixed",
+                             first_order=True, ridge_lambda=0.5)
+  cfg_so = inner.InnerConfig(kind=kind, steps=6, lr=0.5, step_size="fixed",
+                             first_order=False, ridge_lambda=0.5)
 
   def stopped(p):
     f_tr, f_val = jnp.tanh(d["x_tr"] @ p), jnp.tanh(d["x_val"] @ p)
@@ -523,6 +527,6 @@ def test_implicit_memory_does_not_grow_with_solver_iterations():
     return jax.jit(jax.grad(meta)).lower(f_tr).compile().memory_analysis().temp_size_in_bytes
 
   implicit = lambda n: inner.InnerConfig(kind="implicit", steps=n, weight_decay=0.01)
-  gd = lambda n: inner.InnerConfig(kind="gd", steps=n, lr=0.1, remat=False)
+  gd = lambda n: inner.InnerConfig(kind="gd", steps=n, lr=0.1, step_size="fixed", remat=False)
   assert temp_bytes(implicit(50)) == temp_bytes(implicit(1000))
   assert temp_bytes(gd(200)) > temp_bytes(gd(50))

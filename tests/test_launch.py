@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from merlin_jax import distributed
+from merlin_jax.runtime import distributed
 from merlin_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -308,7 +308,7 @@ def test_local_launch_runs_two_processes(tmp_path):
        "--config.total_steps=2", "--config.eval.every=2", "--config.checkpoint_every=2"],
       env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:] + _log(workdir / "process_1.log")
-  from merlin_jax.metrics import read_jsonl
+  from merlin_jax.runtime.metrics import read_jsonl
   records = read_jsonl(str(workdir / "metrics.jsonl"))
   assert records[-1]["final"] and records[-1]["step"] == 2
   assert os.listdir(workdir / "checkpoints")

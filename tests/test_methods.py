@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests.conftest import numpy_init
 
 from merlin_jax import inner, losses
 from merlin_jax.errors import ConfigError
 from merlin_jax.methods import METHODS, Context, Hyper, get_method
 from merlin_jax.models import apply_head, make_backbone
+from tests.helpers import numpy_init
 
 FEAT, K_SRC, K_TGT = 16, 3, 4
 # Sizes chosen so the backbone only ever sees batches of 8 (source, target pool, MeRLin-ft's
@@ -46,7 +46,7 @@ def _backbone(batch_norm=False):
 
 def _hyper(**kw):
   base = dict(num_source_classes=K_SRC, num_target_classes=K_TGT,
-              inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5),
+              inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5, step_size="fixed"),
               split_train_size=SPLIT_TR, split_val_size=SPLIT_VAL)
   base.update(kw)
   return Hyper(**base)
@@ -322,8 +322,8 @@ def test_merlin_ft_is_rho_times_the_meta_loss_and_ignores_the_source(s):
 def test_merlin_ft_first_order_changes_the_backbone_gradient(s):
   batch = {"source": None, "target": s.target}
   so = s.run("merlin_ft", s.ctx(), batch=batch)
-  fo = s.run("merlin_ft", s.ctx(inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5,
-                                                        first_order=True)), batch=batch)
+  fo = s.run("merlin_ft", s.ctx(inner=inner.InnerConfig(
+      kind="gd", steps=4, lr=0.5, step_size="fixed", first_order=True)), batch=batch)
   np.testing.assert_allclose(so[0], fo[0], **TOL)     # same value, different gradient
   gap = jax.tree.map(lambda a, b: a - b, so[3]["backbone"], fo[3]["backbone"])
   assert _max_abs(gap) > 1e-6

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests.conftest import numpy_init
 
 from merlin_jax.errors import ConfigError
 from merlin_jax.models import Backbone, apply_head, init_head, make_backbone
+from tests.helpers import numpy_init
 
 
 def _cfg(**kw):

@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from tests import fake_data
-from tests.conftest import numpy_init
 
 from merlin_jax import inner, train
 from merlin_jax.config_base import load_config
 from merlin_jax.errors import ConfigError
 from merlin_jax.methods import Context, Hyper, get_method
 from merlin_jax.models import Backbone, make_backbone, resnet
+from tests.helpers import ROOT, numpy_init, tiny_config
 
 HW, K_SRC, K_TGT = 8, 4, 3
 
@@ -99,9 +98,7 @@ def test_uint8_pixels_give_the_features_of_their_float32_values():
 
 
 def test_config_defaults():
-  root = fake_data.os.path.dirname(fake_data.os.path.dirname(fake_data.os.path.abspath(
-      fake_data.__file__)))
-  dtype = lambda spec: load_config(f"{root}/configs/{spec}").model.dtype
+  dtype = lambda spec: load_config(f"{ROOT}/configs/{spec}").model.dtype
   assert dtype("digits.py") == "float32"          # offline CPU configs: unchanged numbers
   assert dtype("synthetic.py") == "float32"
   assert dtype("food_cub.py") == "bfloat16"       # ImageNet-scale pairs
@@ -110,7 +107,7 @@ def test_config_defaults():
 
 
 def test_a_short_bf16_run_trains(tmp_path):
-  cfg = fake_data.tiny_config("merlin", total_steps=40, **{"eval.every": 20,
+  cfg = tiny_config("merlin", total_steps=40, **{"eval.every": 20,
                                                            "model.dtype": "bfloat16",
                                                            "optimizer.lr": 3e-3})
   final = train.train_and_evaluate(cfg, str(tmp_path))

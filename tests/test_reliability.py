@@ -6,8 +6,6 @@ Bitwise: a run killed or preempted and restarted ends with the same metrics.json
 aside) and the same exported model bytes as an uninterrupted run (CPU, same device count).
 """
 
-import glob
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +18,13 @@ import jax
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, provenance, train
+from merlin_jax import train
+from merlin_jax.runtime import checkpointing, provenance
 from merlin_jax.config_base import load_config, override
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
+from tests.helpers import (
+    assert_one_line_error, data_files, digest, flip_one_bit, run_cli, subprocess_env,
+    tree_digest)
 
 # orbax's reader threads may log "Event loop is closed" after a failed read of a corrupt step.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -47,17 +49,6 @@ def env(tmp_path_factory):
   """Subprocess env: 1 CPU device, no TensorBoard (skips TF's import), and a compilation
   cache shared by the subprocesses (compiled once; results are the same executables)."""
   return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
-
-
-def subprocess_env(cache, **extra):
-  """The environment of a CLI subprocess: 1 CPU device, no TensorBoard, the persistent
-  compilation cache in `cache` (shared by the subprocesses), plus `extra`."""
-  return dict(os.environ, **extra, JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
-              XLA_FLAGS="--xla_force_host_platform_device_count=1",
-              JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-              TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +77,9 @@ def _records(workdir):
           for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def _digest(path):
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
 def _assert_same_result(workdir, reference):
   assert _records(workdir) == _records(reference)          # every loss, eval, final metric
-  assert _digest(workdir / "model.safetensors") == _digest(reference / "model.safetensors")
+  assert digest(workdir / "model.safetensors") == digest(reference / "model.safetensors")
 
 
 def _last_step(workdir):
@@ -201,7 +187,6 @@ def test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it(tmp
     if first.poll() is None:
       first.kill()
     log.close()
-  from tests.test_cli import assert_one_line_error
   message = assert_one_line_error(second.returncode, second.stderr,
                                   f"is in use by another run (pid {first.pid} on host")
   print(f"TABLE|second_run_on_a_busy_workdir|{message}")
@@ -212,7 +197,8 @@ def test_two_runs_on_one_workdir_one_is_refused_and_a_killed_holder_frees_it(tmp
 
 def test_sigterm_flag_is_checked_once_per_step(tmp_path, monkeypatch):
   """In-process: the handler only sets the flag; the loop saves and raises Preempted."""
-  from merlin_jax import errors, preemption
+  from merlin_jax import errors
+  from merlin_jax.runtime import preemption
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   real = train.make_train_step
 
@@ -265,8 +251,9 @@ def test_the_host_runs_at_most_two_steps_ahead_of_the_device(tmp_path, monkeypat
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A finished 10-step run with checkpoints 5 and 10 (in-process)."""
+def finished_joint(tmp_path_factory):
+  """A finished 10-step joint run (this module's RUN: the cheapest step to compile) with
+  checkpoints 5 and 10, in-process; conftest's `finished` is the CLI's synthetic default."""
   workdir = tmp_path_factory.mktemp("finished")
   os.environ["MERLIN_JAX_TENSORBOARD"] = "0"
   try:
@@ -276,19 +263,14 @@ def finished(tmp_path_factory):
   return workdir
 
 
-def _data_files(step_dir):
-  return [f for f in glob.glob(os.path.join(step_dir, "**"), recursive=True)
-          if os.path.isfile(f)]
-
-
 def _truncate(step_dir):
-  for f in _data_files(step_dir):
+  for f in data_files(step_dir):
     if f"{os.sep}d{os.sep}" in f:
       os.truncate(f, os.path.getsize(f) // 2)
 
 
 def _garble(step_dir):
-  for f in _data_files(step_dir):
+  for f in data_files(step_dir):
     with open(f, "r+b") as fh:
       data = bytearray(fh.read())
       for i in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
@@ -297,59 +279,29 @@ def _garble(step_dir):
       fh.write(data)
 
 
-def _flip_one_bit(step_dir):
-  """One bit of array data that orbax restores without complaint, to other values; only our
-  digest catches it. The data files are compressed and where a flip lands in them depends on
-  write order, so most positions break decoding (orbax's error, a different path): try
-  positions until one restores silently."""
-  import orbax.checkpoint as ocp
-  item = os.path.join(step_dir, "default")
-  leaves = lambda: [np.asarray(x) for x in jax.tree.leaves(  # noqa: E731
-      ocp.StandardCheckpointer().restore(item))]
-  before = leaves()
-  files = [f for f in _data_files(step_dir) if f"{os.sep}d{os.sep}" in f]
-  biggest = max(files, key=os.path.getsize)
-  with open(biggest, "rb") as fh:
-    data = bytearray(fh.read())
-  for frac in np.linspace(0.4, 0.95, 56):
-    i = int(len(data) * frac)
-    data[i] ^= 0x01
-    with open(biggest, "wb") as fh:
-      fh.write(data)
-    try:
-      after = leaves()
-      if any(not np.array_equal(a, b) for a, b in zip(after, before)):
-        return
-    except Exception:  # noqa: BLE001 - a flip that breaks decoding: try another position
-      pass
-    data[i] ^= 0x01
-  with open(biggest, "wb") as fh:
-    fh.write(data)
-  raise AssertionError(f"no one-bit flip of {biggest} restores silently")
-
-
 def _empty_dir(step_dir):
   shutil.rmtree(step_dir)
   os.makedirs(step_dir)
 
 
-@pytest.mark.parametrize("corrupt", [_truncate, _garble, _flip_one_bit, _empty_dir],
+@pytest.mark.parametrize("corrupt", [_truncate, _garble, flip_one_bit, _empty_dir],
                          ids=["truncated", "garbled", "one_bit_flipped", "empty"])
-def test_corrupt_latest_checkpoint_falls_back_and_is_moved_aside(tmp_path, finished, corrupt,
+def test_corrupt_latest_checkpoint_falls_back_and_is_moved_aside(tmp_path, finished_joint,
+                                                                 corrupt,
                                                                  monkeypatch, caplog):
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   workdir = tmp_path / "run"
-  shutil.copytree(finished, workdir)
+  shutil.copytree(finished_joint, workdir)
   ckpts = workdir / "checkpoints"
   corrupt(str(ckpts / "10"))
   # ...and a half-written save left behind by a kill -9.
-  shutil.copytree(finished / "checkpoints" / "5", ckpts / "15.orbax-checkpoint-tmp-1234")
+  shutil.copytree(finished_joint / "checkpoints" / "5", ckpts / "15.orbax-checkpoint-tmp-1234")
   _truncate(str(ckpts / "15.orbax-checkpoint-tmp-1234"))
   caplog.set_level("WARNING")
   train.train_and_evaluate(_config(total_steps=15, checkpoint_every=5), str(workdir))
   log = caplog.text
   assert "RESUMING FROM AN OLDER CHECKPOINT" in log and "resuming from step 5" in log
-  if corrupt is _flip_one_bit:
+  if corrupt is flip_one_bit:
     assert "checksum mismatch" in log
   assert (workdir / "checkpoints_corrupt" / "10").is_dir()
   assert (workdir / "checkpoints_corrupt" / "15.orbax-checkpoint-tmp-1234").is_dir()
@@ -358,17 +310,17 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_moved_aside(tmp_path, finis
   records = _records(workdir)
   assert records[-1]["final"] and records[-1]["step"] == 15
   # Steps 6..10 were recomputed exactly: the same losses as the first run logged.
-  first = {r["step"]: r["loss"] for r in _records(finished) if "loss" in r}
+  first = {r["step"]: r["loss"] for r in _records(finished_joint) if "loss" in r}
   again = {r["step"]: r["loss"] for r in records if "loss" in r}
   assert all(again[s] == first[s] for s in range(1, 11))
 
 
-def test_all_checkpoints_unreadable_is_one_error_and_moves_nothing(tmp_path, finished,
+def test_all_checkpoints_unreadable_is_one_error_and_moves_nothing(tmp_path, finished_joint,
                                                                     monkeypatch):
   from merlin_jax.errors import UserError
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   workdir = tmp_path / "run"
-  shutil.copytree(finished, workdir)
+  shutil.copytree(finished_joint, workdir)
   for step in ("5", "10"):
     _garble(str(workdir / "checkpoints" / step))
   with pytest.raises(UserError, match="no checkpoint in .* can be read"):
@@ -380,16 +332,7 @@ def test_all_checkpoints_unreadable_is_one_error_and_moves_nothing(tmp_path, fin
 # --- NaN at the command line ---------------------------------------------------------------
 
 
-def _tree_digest(directory):
-  out = {}
-  for f in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)):
-    if os.path.isfile(f):
-      out[os.path.relpath(f, directory)] = _digest(f)
-  return out
-
-
 def test_nan_at_the_cli_is_one_line_exit_3_and_keeps_checkpoints(tmp_path, monkeypatch, capfd):
-  from tests.test_cli import run_cli
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   workdir = tmp_path / "run"
 
@@ -398,7 +341,7 @@ def test_nan_at_the_cli_is_one_line_exit_3_and_keeps_checkpoints(tmp_path, monke
 
   code, err = cli(5)
   assert code == 0, err[-3000:]
-  before = _tree_digest(workdir / "checkpoints")
+  before = tree_digest(workdir / "checkpoints")
   real = train.make_train_step
 
   def make(*args, **kwargs):   # the loss of step 8 becomes NaN
@@ -419,7 +362,7 @@ def test_nan_at_the_cli_is_one_line_exit_3_and_keeps_checkpoints(tmp_path, monke
   assert lines[0].startswith("merlin_jax: error: non-finite value at step 8 in loss")
   assert "last good checkpoint: step 5" in lines[0]
   assert "Traceback" not in err
-  assert _tree_digest(workdir / "checkpoints") == before
+  assert tree_digest(workdir / "checkpoints") == before
 
 
 # --- provenance ------------------------------------------------------------------------------

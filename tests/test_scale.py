@@ -20,7 +20,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RTOL = 5e-4     # reduction order differs between meshes (notes/JAX_CPU.md): not bitwise
@@ -38,14 +38,14 @@ _SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_compilation_cache_dir", spec["cache"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    from merlin_jax import distributed
+    from merlin_jax.runtime import distributed
     if spec.get("process_id") is not None:
       distributed.initialize(distributed.Settings(
           mode="on", coordinator_address=spec["coordinator"], num_processes=spec["num_processes"],
           process_id=spec["process_id"], timeout_s=120))
     from merlin_jax.data import pipeline
-    from tests import fake_data
-    pipeline.load_transfer_data = fake_data.load_fake
+    from merlin_jax.data.synthetic import load_synthetic
+    pipeline.load_transfer_data = load_synthetic
     from merlin_jax import train
     from merlin_jax.errors import Preempted
     make_train_step = train.make_train_step
@@ -67,7 +67,7 @@ _SCRIPT = textwrap.dedent("""
       if run.get("copy_from") and jax.process_index() == 0:
         shutil.copytree(run["copy_from"], run["workdir"], dirs_exist_ok=True)
       if run.get("snapshot_to") is None:
-        cfg = fake_data.tiny_config("merlin", **run["overrides"])
+        cfg = tiny_config("merlin", **run["overrides"])
         train.make_train_step = (sigterm_at(run["sigterm_at"]) if "sigterm_at" in run
                                  else make_train_step)
         try:
@@ -253,12 +253,12 @@ class _Mesh:
 ])
 def test_param_spec(shape, mesh, mode, spec):
   from jax.sharding import PartitionSpec as P
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   assert sharding.param_spec(shape, mesh, mode, min_size=1024) == P(*spec)
 
 
 def test_param_spec_rejects_unknown_mode():
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   from merlin_jax.errors import ConfigError
   with pytest.raises(ConfigError, match="mesh.param_sharding"):
     sharding.param_spec((8, 8), _Mesh(2), "zero3")
@@ -268,7 +268,7 @@ def test_device_grid_keeps_model_groups_inside_a_slice_and_data_across_slices():
   """Multislice: 'data' spans the slices, every 'model' group lies inside one slice (and
   on CPU, one slice, the grid is jax.devices() in order, as before)."""
   import dataclasses
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   from merlin_jax.errors import ConfigError
 
   @dataclasses.dataclass(frozen=True)

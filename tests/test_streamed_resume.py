@@ -24,6 +24,7 @@ from merlin_jax.data import prepare, tfds_io  # noqa: E402
 from merlin_jax.data.preprocess import eval_image  # noqa: E402
 from merlin_jax.data.sources import (EpochOrder, RandomAccessSource,  # noqa: E402
                                      StreamingSource)
+from tests.helpers import write_fashion_idx
 
 NAME = "resume_images"
 NUM_TRAIN, NUM_CLASSES, SIZE = 40, 4, 16
@@ -181,7 +182,6 @@ def test_prepare_converts_a_tfrecord_dataset_to_array_record_in_record_order(dir
 def test_prepare_builds_an_offline_builder_as_array_record(tmp_path):
   """A builder prepared straight into array_record (no tfrecord files): still read in record
   order (here its labels) by `tfds_io.as_dataset`, through its data source."""
-  from tests.test_data import write_fashion_idx
   manual = tmp_path / "fashion"
   write_fashion_idx(manual)
   d = str(tmp_path / "tfds")

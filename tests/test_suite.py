@@ -111,8 +111,8 @@ def test_compare_selects_on_validation(tmp_path):
 
 
 def test_two_stage_methods_share_one_pretrain_run_per_seed(tmp_path, monkeypatch):
-  """compare's pre-training is two_stage.run_pretrain, at ROOT/pretrain/default/seed_<s>."""
-  from merlin_jax import two_stage
+  """compare's pre-training is train.pretrain_stage, at ROOT/pretrain/default/seed_<s>."""
+  from merlin_jax import train
   pretrains, starts = [], []
 
   def fake_run_pretrain(config, pre_workdir):
@@ -124,7 +124,7 @@ def test_two_stage_methods_share_one_pretrain_run_per_seed(tmp_path, monkeypatch
     starts.append((method, seed, pretrained_path and os.path.relpath(pretrained_path, tmp_path)))
     return {"best_target_val_accuracy": 0.5, "target_test_accuracy": 0.5}
 
-  monkeypatch.setattr(two_stage, "run_pretrain", fake_run_pretrain)
+  monkeypatch.setattr(train, "pretrain_stage", fake_run_pretrain)
   monkeypatch.setattr(selection, "run_one", fake_run_one)
   base = load_config(SYNTHETIC)
   selection.compare(base, str(tmp_path), ["joint", "finetune", "l2sp"], [0, 1], {})
@@ -144,7 +144,8 @@ def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkey
   """A SIGTERM that lands while a run drains its last window lets that run finish (its
   step loop has ended); compare then starts no other run and raises Preempted, and the
   same call again reads the finished run back and goes on (fake trainer)."""
-  from merlin_jax import errors, preemption, train
+  from merlin_jax import errors, train
+  from merlin_jax.runtime import preemption
   started = []
 
   def fake_train(config, workdir):
@@ -168,7 +169,7 @@ def test_a_stop_during_a_runs_last_window_starts_no_further_run(tmp_path, monkey
 
 
 def test_a_look_at_a_sweep_counts_a_pretrain_without_its_export_as_unfinished(tmp_path):
-  """What run_pretrain would train (final record but no exported weights) is NotFinished for
+  """What pretrain_stage would train (final record but no exported weights) is NotFinished for
   a look that trains nothing, not read back and then trained."""
   base = load_config(SYNTHETIC)
   pre = tmp_path / "pretrain" / "default" / "seed_0"

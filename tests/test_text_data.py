@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from merlin_jax.data import pipeline, text
 from merlin_jax.data.builders import wordnet_wic
 from merlin_jax.errors import DataError
-from tests.test_bert import write_random_hf_bert
+from tests.helpers import load_config, write_random_hf_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE_CONFIGS = ["glue_mrpc", "glue_rte", "glue_qnli"]
@@ -100,9 +100,6 @@ def test_stratified_holdout():
     text.stratified_holdout(labels, 95, 10, seed=0)
 
 
-def load_config(name, arg):
-  from merlin_jax.config_base import load_config as load
-  return load(os.path.join(ROOT, "configs", f"{name}.py:{arg}"))
 
 
 def test_wordnet_wic_through_the_text_pipeline(tmp_path):

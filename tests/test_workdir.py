@@ -11,10 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, train, workdir as workdir_lib
+from merlin_jax import train
+from merlin_jax.runtime import checkpointing, workdir as workdir_lib
 from merlin_jax.errors import ConfigError, NonFiniteLossError, UserError
-from merlin_jax.metrics import read_jsonl
-from tests import fake_data
+from merlin_jax.runtime.metrics import read_jsonl
+from tests.helpers import flip_one_bit, tiny_config, tree_digest
 
 TIMING_KEYS = ("steps_per_sec", "train_seconds")
 
@@ -25,7 +26,7 @@ def no_tensorboard(monkeypatch):
 
 
 def _cfg(method="joint", **overrides):
-  return fake_data.tiny_config(method, **{"checkpoint_every": 5, **overrides})
+  return tiny_config(method, **{"checkpoint_every": 5, **overrides})
 
 
 def _records(workdir):
@@ -172,8 +173,7 @@ def test_deleting_the_digest_file_does_not_disable_the_checksum(tmp_path, refere
   run = tmp_path / "run"
   shutil.copytree(reference, run)
   os.remove(run / checkpointing.DIGESTS)
-  from tests.test_reliability import _flip_one_bit
-  _flip_one_bit(str(run / "checkpoints" / "10"))
+  flip_one_bit(str(run / "checkpoints" / "10"))
   caplog.set_level("WARNING")
   train.train_and_evaluate(_cfg(), str(run))
   assert "checksum mismatch" in caplog.text and "resuming from step 5" in caplog.text
@@ -221,7 +221,6 @@ def test_a_damaged_metrics_file_is_repaired_from_the_checkpoint(tmp_path, refere
 
 
 def test_the_nan_advice_can_be_followed(tmp_path, monkeypatch):
-  from tests.test_reliability import _tree_digest
   real = train.make_train_step
 
   def make(*args, **kwargs):   # the loss of step 7 becomes NaN
@@ -239,9 +238,9 @@ def test_the_nan_advice_can_be_followed(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="last good checkpoint: step 5, kept.* lower "
                                                  "optimizer.lr or inner.lr in a new --workdir"):
       train.train_and_evaluate(_cfg(), str(tmp_path / "run"))
-  kept = _tree_digest(tmp_path / "run" / "checkpoints")
+  kept = tree_digest(tmp_path / "run" / "checkpoints")
   # What it says: a new workdir with a lower lr runs; the same workdir refuses, harmlessly.
   train.train_and_evaluate(_cfg(**{"optimizer.lr": 1e-4}), str(tmp_path / "new"))
   with pytest.raises(UserError, match="optimizer.lr"):
     train.train_and_evaluate(_cfg(**{"optimizer.lr": 1e-4}), str(tmp_path / "run"))
-  assert _tree_digest(tmp_path / "run" / "checkpoints") == kept
+  assert tree_digest(tmp_path / "run" / "checkpoints") == kept

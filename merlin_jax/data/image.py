@@ -20,7 +20,6 @@ from merlin_jax.data.sources import InMemorySource, RandomAccessSource, Streamin
 from merlin_jax.data.splits import class_balanced_split
 from merlin_jax.errors import ConfigError
 
-AUGMENTS = ("none", "light", "inception")
 # Eval sets up to this size (float32 bytes) are cached in memory; bigger ones are streamed.
 CACHE_BYTES = 512 * 2**20
 
@@ -61,22 +60,17 @@ def to_uint8(img):
 
 
 def validate(cfg, process_index: int, process_count: int):
-  """ConfigErrors for image data settings that cannot work together."""
-  if cfg.channels not in (1, 3):
-    raise ConfigError("data.channels", f"must be 1 or 3, got {cfg.channels}")
-  if cfg.image_size <= 0:
-    raise ConfigError("data.image_size", f"must be positive, got {cfg.image_size}")
-  if cfg.source.augment not in AUGMENTS:
-    raise ConfigError("data.source.augment", f"must be one of {AUGMENTS}, got "
-                      f"{cfg.source.augment!r}")
+  """ConfigErrors for image data settings that cannot work together (each key's own range
+  and choices: merlin_jax/keys.py)."""
   if cfg.source.augment == "inception" and cfg.source.in_memory:
     raise ConfigError("data.source.augment", "'inception' needs data.source.in_memory=False "
                       "(use 'light' for in-memory sources)")
   if cfg.source.signature.enabled and not cfg.source.in_memory:
     raise ConfigError("data.source.signature.enabled",
                       "the signature source needs data.source.in_memory=True")
-  if cfg.target.num_train <= 0 or cfg.target.num_val < 0:
-    raise ConfigError("data.target.num_train", "num_train must be > 0 and num_val >= 0")
+  if cfg.target.num_train <= 0:
+    raise ConfigError("data.target.num_train", f"image data needs num_train > 0 (-1, all, is "
+                      f"for text targets), got {cfg.target.num_train}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
                      f"{process_count}")

@@ -164,8 +164,6 @@ def _text_cfg(data_cfg):
   if not text.tokenizer_dir:
     raise ConfigError("data.text.tokenizer_dir", "set it to the BERT weights directory "
                       "(the same as model.hf_dir)")
-  if text.max_length < 4:
-    raise ConfigError("data.text.max_length", f"must be >= 4, got {text.max_length}")
   return text, fields
 
 

@@ -4,9 +4,9 @@ The library behind `python -m merlin_jax.compare` (the command line; see there f
 grid syntax) and `merlin_jax.experiments.suite`. It defines no flags.
 
 Each run goes to ROOT/<method>/<setting>/seed_<s> (resumable: a finished run is read back,
-not re-run). The two-stage methods (finetune, l2sp, merlin_ft) start from the config's
+not re-run). The two-stage methods (every method with `needs_pretrained`) start from the config's
 `pretrained.path` if set, else from one `pretrain` run per seed, shared by all of them
-(ROOT/pretrain/default/seed_<s>, `merlin_jax.two_stage.run_pretrain`).
+(ROOT/pretrain/default/seed_<s>, `merlin_jax.train.pretrain_stage`).
 
 A key set to the config's own value is dropped from a grid setting, so the config's setting
 is always a candidate, is named `default` and wins ties. For each method, the setting with
@@ -35,9 +35,10 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 
-from merlin_jax import errors, preemption
+from merlin_jax import errors
+from merlin_jax.runtime import preemption
 from merlin_jax.config_base import get_key, override
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 
 VAL_DECIMALS = 6   # validation accuracies equal to this many decimals are a tie
@@ -138,16 +139,16 @@ def pretrained_start(base, root: str, seed: int, run_missing: bool = True) -> st
   or with run_missing=False, NotFinished)."""
   if base.pretrained.path:
     return None
-  from merlin_jax import two_stage
+  from merlin_jax import train, two_stage
   config = copy.deepcopy(base)
   config.seed = seed
   pre_workdir = os.path.join(root, two_stage.PRETRAIN_DIR, "default", f"seed_{seed}")
-  if not two_stage.pretrain_finished(pre_workdir):   # what run_pretrain would train
+  if not two_stage.pretrain_finished(pre_workdir):   # what pretrain_stage would train
     if not run_missing:
       raise NotFinished(pre_workdir)
     if preemption.is_requested():
       raise errors.Preempted(None, pre_workdir)
-  return two_stage.run_pretrain(config, pre_workdir)
+  return train.pretrain_stage(config, pre_workdir)
 
 
 def compare(base, root: str, methods: Sequence[str], seeds: Sequence[int],

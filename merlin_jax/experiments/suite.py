@@ -26,14 +26,11 @@ _PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/printed_mnist
                            "Config files (file.py[:arg]), one per pair.")
 _METHODS = flags.DEFINE_list("methods", ["target_only", "joint", "finetune", "l2sp", "bss",
                                          "co_tuning", "delta", "merlin", "merlin_ft"], "Methods.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-training).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")
-_GRID = flags.DEFINE_multi_string("grid", suite_lib.DEFAULT_GRID,
-                                  "Grid per method (see merlin_jax.compare); chosen on target val.")
-_TUNE_SEEDS = flags.DEFINE_list("tune_seeds", ["0"], "Seeds the grid runs on; the chosen setting "
-                                "then runs on all --seeds (empty: the grid runs on all seeds).")
-_WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the results into.")
+_SEEDS, _STEPS, _EVAL_EVERY, _GRID, _TUNE_SEEDS, _WORKSPACE = suite_lib.define_sweep_flags(
+    ["0"], "Seeds the grid runs on; the chosen setting then runs on all --seeds (empty: the "
+    "grid runs on all seeds).", "Grid per method (see merlin_jax.compare); chosen on target "
+    "val.", "Markdown file to write the results into.")
+flags.adopt_module_key_flags(suite_lib)   # --helpshort lists them as this program's
 _PLOTS = flags.DEFINE_string("plots", "docs", "Folder for the plots (relative to the workspace).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed run.")
 
@@ -41,7 +38,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed
 def main(argv):
   del argv
   from merlin_jax.experiments import selection
-  from merlin_jax.metrics import quiet_library_logs
+  from merlin_jax.runtime.metrics import quiet_library_logs
   quiet_library_logs()
   failures = []
   with selection.driver("merlin_jax.experiments.suite"):   # a stop: after the current run

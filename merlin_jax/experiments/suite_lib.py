@@ -20,7 +20,7 @@ import numpy as np
 
 from merlin_jax.config_base import load_config
 from merlin_jax.experiments import selection
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
@@ -190,3 +190,18 @@ def _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune
   if workspace:
     write_section(workspace, text)
   return text
+
+
+def define_sweep_flags(tune_seeds: list[str], tune_help: str, grid_help: str,
+                       workspace_help: str):
+  """The flags the suite and the target-size sweep share, defined by the program that calls
+  this at its module level (importing this library defines none): (seeds, steps,
+  eval_every, grid, tune_seeds, workspace)."""
+  from absl import flags
+  out = (flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds."),
+         flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-training)."),
+         flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period."),
+         flags.DEFINE_multi_string("grid", DEFAULT_GRID, grid_help),
+         flags.DEFINE_list("tune_seeds", tune_seeds, tune_help),
+         flags.DEFINE_string("workspace", "", workspace_help))
+  return out

@@ -24,7 +24,7 @@ from absl import app, flags
 
 from merlin_jax import errors
 from merlin_jax.experiments import selection, suite_lib, target_size_lib
-from merlin_jax.metrics import quiet_library_logs
+from merlin_jax.runtime.metrics import quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/merlin/target_size", "Root of all runs.")
 _PAIRS = flags.DEFINE_list("pairs", ["configs/digits.py", "configs/fashion_digits.py"],
@@ -35,18 +35,14 @@ _NUM_VAL = flags.DEFINE_integer("num_val", None, "Target validation examples (de
                                 "config's); larger resolves smaller differences.")
 _METHODS = flags.DEFINE_list("methods", ["finetune", "l2sp", "delta", "merlin", "merlin_ft"],
                              "Methods (must include finetune, the baseline of the gains).")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Outer steps per run (and for pre-training).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Target-validation evaluation period.")
-_GRID = flags.DEFINE_multi_string("grid", suite_lib.DEFAULT_GRID,
-                                  "method:key=v1,v2[;key2=...], chosen on target validation.")
-_TUNE_SEEDS = flags.DEFINE_list("tune_seeds", [], "Seeds every grid setting runs on, its "
-                                 "validation accuracy averaged over them (empty: all seeds; "
-                                 "each seed draws its own train/val split).")
+_SEEDS, _STEPS, _EVAL_EVERY, _GRID, _TUNE_SEEDS, _WORKSPACE = suite_lib.define_sweep_flags(
+    [], "Seeds every grid setting runs on, its validation accuracy averaged over them (empty: "
+    "all seeds; each seed draws its own train/val split).", "method:key=v1,v2[;key2=...], "
+    "chosen on target validation.", "Markdown file to write the section into.")
+flags.adopt_module_key_flags(suite_lib)   # --helpshort lists them as this program's
 _FINISHED_ONLY = flags.DEFINE_bool(
     "finished_only", False, "Train nothing: report the (pair, n) cells whose runs have all "
     "finished and name the others (a look at a running or partial sweep).")
-_WORKSPACE = flags.DEFINE_string("workspace", "", "Markdown file to write the section into.")
 _PLOT = flags.DEFINE_string("plot", "docs/target_size.png", "Plot path (beside the workspace).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Log the traceback of each failed run.")
 

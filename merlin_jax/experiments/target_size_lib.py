@@ -27,7 +27,7 @@ import numpy as np
 
 from merlin_jax.config_base import get_key, load_config
 from merlin_jax.experiments import selection, suite_lib
-from merlin_jax.metrics import JSONL, read_jsonl
+from merlin_jax.runtime.metrics import JSONL, read_jsonl
 
 BASELINE = "finetune"
 BEGIN, END = "<!-- target_size:begin -->", "<!-- target_size:end -->"

@@ -18,18 +18,8 @@ import numpy as np
 
 from merlin_jax.errors import ConfigError
 from merlin_jax.models import bert, cnn, resnet, weights
+from merlin_jax.models.dtype import DTYPES, compute_dtype  # noqa: F401  (re-export)
 from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-export)
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(cfg):
-  """config.model.dtype -> the activations' dtype (parameters stay float32)."""
-  name = cfg.get("dtype", "float32")
-  if name not in DTYPES:
-    raise ConfigError("model.dtype", f"must be one of {sorted(DTYPES)}, got {name!r}")
-  return DTYPES[name]
 
 
 def _small_cnn(cfg):
@@ -51,7 +41,7 @@ def _resnet50(cfg):
 def read_export_weights(path: str) -> dict:
   """The flat weights ('params/backbone/...', 'model_state/...') of a merlin_jax export: a
   .safetensors file or a workdir holding model.safetensors."""
-  from merlin_jax import checkpointing  # orbax: only when weights are loaded
+  from merlin_jax.runtime import checkpointing  # orbax: only when weights are loaded
   return checkpointing.load_safetensors(checkpointing.resolve_pretrained(path))
 
 

@@ -28,9 +28,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from merlin_jax import keys
 from merlin_jax.errors import ConfigError, UserError
+from merlin_jax.models.dtype import compute_dtype
 
-POOLINGS = ("pooler", "cls", "mean")
 _ACTIVATIONS = {
     "gelu": lambda x: nn.gelu(x, approximate=False),   # HF "gelu" is the exact erf form
     "gelu_new": lambda x: nn.gelu(x, approximate=True),
@@ -209,9 +210,7 @@ def bert_config_from_model_cfg(model_cfg) -> BertConfig:
 
 
 def make_bert(model_cfg) -> BertEncoder:
-  pooling = model_cfg.get("pooling", "pooler")
-  if pooling not in POOLINGS:
-    raise ConfigError("model.pooling", f"must be one of {POOLINGS}, got {pooling!r}")
-  from merlin_jax.models import compute_dtype  # the package imports this module
+  pooling = model_cfg.get("pooling", keys.default("model.pooling"))
+  keys.check("model.pooling", pooling)   # an export's config is read here unchecked
   return BertEncoder(bert_config_from_model_cfg(model_cfg), pooling=pooling,
                      remat=bool(model_cfg.get("remat", False)), dtype=compute_dtype(model_cfg))

@@ -121,7 +121,7 @@ def hf_to_params(flat: dict[str, np.ndarray]) -> dict:
 
 def load_hf_file(path: str) -> dict[str, np.ndarray]:
   """{name: array} of a safetensors file (a dir means its model.safetensors)."""
-  from merlin_jax.checkpointing import load_safetensors  # orbax: only when weights are loaded
+  from merlin_jax.runtime.checkpointing import load_safetensors  # orbax: only when weights are loaded
   if os.path.isdir(path):
     path = os.path.join(path, WEIGHTS_FILE)
   return load_safetensors(path, "BERT weights file", "only safetensors weights are read; "
@@ -134,7 +134,7 @@ def load_bert_params(hf_dir: str, template=None) -> dict:
   params = hf_to_params(load_hf_file(resolve_hf_dir(hf_dir)))
   if template is None:
     return params
-  from merlin_jax.checkpointing import fill_from_flat  # orbax: only when weights are loaded
+  from merlin_jax.runtime.checkpointing import fill_from_flat  # orbax: only when weights are loaded
   return fill_from_flat(template, traverse_util.flatten_dict(params, sep="/"), "", hf_dir,
                         missing_hint="is config.model the architecture of these weights? "
                                      "pooling='pooler' needs pooler.dense.*")
@@ -154,6 +154,6 @@ def read_pretrained(path: str) -> dict[str, np.ndarray]:
   """config.pretrained.path for BERT -> flat weights in the export layout: an HF directory
   (or the MiniLM alias), or anything a merlin_jax export accepts (a workdir, a .safetensors
   file, in either layout)."""
-  from merlin_jax import checkpointing  # orbax: only when weights are loaded
+  from merlin_jax.runtime import checkpointing  # orbax: only when weights are loaded
   path = resolve_hf_dir(path) if path == MINILM else path
   return as_export_layout(checkpointing.load_safetensors(checkpointing.resolve_pretrained(path)))

@@ -13,7 +13,7 @@ import platform
 import jax
 import numpy as np
 
-from merlin_jax import provenance
+from merlin_jax.runtime import provenance
 from merlin_jax.experiments.theory.model import LABELS, TheoryConfig
 
 RESULTS_FILE = "theory_results.md"

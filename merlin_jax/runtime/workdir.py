@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from merlin_jax import checkpointing, fs
+from merlin_jax.runtime import checkpointing, fs
+from merlin_jax import keys
 from merlin_jax.config_base import base_config
 from merlin_jax.errors import ConfigError, UserError
 
@@ -35,12 +36,9 @@ OWNER_FILE = ".lock"   # who holds the lock (information only: the flock is the 
 # On an object store: takes over a fresh lock object at once (fs.ObjectLock: a stale one,
 # not renewed for fs.LOCK_STALE_S, is taken over anyway).
 BREAK_LOCK_ENV = "MERLIN_JAX_BREAK_LOCK"
-# Keys that may change when resuming a workdir: they do not change what is computed
-# (device layout, how long to go on with a constant schedule, logging and checkpoint
-# cadence, where the pre-trained start lives: its content is checked, see train.py).
-RESUMABLE_CHANGES = ("mesh.data", "mesh.model", "mesh.param_sharding", "mesh.fsdp_min_size",
-                     "total_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "pretrained.path")
+# Keys that may change when resuming a workdir: those declared `resume=True` in
+# merlin_jax/keys.py (they do not change what is computed).
+RESUMABLE_CHANGES = keys.RESUMABLE
 
 
 def flat_config(config) -> dict:
@@ -286,7 +284,7 @@ def commit(config, workdir: str) -> None:
 def restore_metrics(workdir: str, saved: list, step: int) -> None:
   """Makes metrics.jsonl hold the records saved with checkpoint `step` (process 0): a file
   damaged, cut or deleted since is rewritten from them, with a warning saying so."""
-  from merlin_jax.metrics import JSONL
+  from merlin_jax.runtime.metrics import JSONL
   if jax.process_index() != 0:
     return
   path = fs.join(workdir, JSONL)

@@ -7,7 +7,7 @@ WORKDIR/best/<step>/         the model selected on target validation (params + s
 WORKDIR/model.safetensors    the selected model exported flat ('params/backbone/...').
 
 WORKDIR may be a URI (gs://bucket/dir): orbax writes there directly, every other file goes
-through merlin_jax/fs.py.
+through merlin_jax/runtime/fs.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from merlin_jax import fs
+from merlin_jax.runtime import fs
 from merlin_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -269,7 +269,7 @@ def flatten(tree) -> dict[str, np.ndarray]:
 def export_safetensors(path: str, tree, metadata: dict[str, str] | None = None) -> None:
   """Call on every process: FSDP-sharded leaves are gathered (a collective) first.
   `metadata`: str -> str stored in the file's header (merlin_jax/export.py)."""
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   tree = sharding.fetch(tree)
   if jax.process_index() != 0:
     return

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from merlin_jax import fs
+from merlin_jax.runtime import fs
 
 FILE = "provenance.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",

@@ -26,11 +26,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from merlin_jax import keys
 from merlin_jax.errors import ConfigError
 
 DATA = "data"
 MODEL = "model"
-PARAM_SHARDINGS = ("replicated", "fsdp")
 
 
 def make_mesh(num_data: int = -1, num_model: int = 1, devices=None) -> Mesh:
@@ -99,9 +99,7 @@ def check_divisible(batch_size: int, mesh: Mesh, key: str) -> None:
 
 def param_spec(shape, mesh: Mesh, mode: str = "replicated", min_size: int = 2**14) -> P:
   """PartitionSpec of one state leaf: see the module docstring."""
-  if mode not in PARAM_SHARDINGS:
-    raise ConfigError("mesh.param_sharding", f"unknown mode {mode!r}; use "
-                      + " or ".join(PARAM_SHARDINGS))
+  keys.check("mesh.param_sharding", mode)   # its declaration (direct callers too)
   shape = tuple(shape)
   spec = [None] * len(shape)
   if not shape or math.prod(shape) < min_size:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from merlin_jax import fs
+from merlin_jax.runtime import fs
 
 JSONL = "metrics.jsonl"
 
@@ -90,7 +90,7 @@ class MetricWriter:
 
 def truncate_jsonl(path: str, keep_upto_step: int) -> None:
   """Drop records past `keep_upto_step` (written after the checkpoint we resume from), so a
-  resumed run's file equals an uninterrupted run's. Atomic (merlin_jax/fs.py)."""
+  resumed run's file equals an uninterrupted run's. Atomic (runtime/fs.py)."""
   try:
     lines = fs.read_text(path).splitlines(keepends=True)
   except FileNotFoundError:
