@@ -23,7 +23,8 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from merlin_jax import compile_check, sharding  # noqa: E402
+from merlin_jax import compile_check  # noqa: E402
+from merlin_jax.runtime import sharding
 from merlin_jax.methods.base import take_from_pool  # noqa: E402
 
 _TARGET = flags.DEFINE_string("target", "v5e:1", "compile_check target.")

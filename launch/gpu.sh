@@ -15,7 +15,7 @@
 #       [--dry-run] [-- EXTRA]
 #     `srun` starts the processes on every node (inside an sbatch/salloc allocation or
 #     creating one); jax.distributed.initialize reads the SLURM_* variables (coordinator =
-#     first node, process id) and merlin_jax.distributed picks each process's GPUs from what
+#     first node, process id) and merlin_jax.runtime.distributed picks each process's GPUs from what
 #     the task sees. --gpu-binding (how the cluster gives GPUs to tasks):
 #       shared  one task per GPU, every task sees all GPUs of its node (the default)
 #       task    one task per GPU, SLURM binds one GPU to each (--gpus-per-task=1): each

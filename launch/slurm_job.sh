@@ -10,7 +10,7 @@
 # 2. SIGTERM to this script (`--signal=B:TERM@S` before the time limit, or Slurm ending the
 #    job) is forwarded to the step: every process saves a checkpoint of its current step and
 #    exits 75 (merlin_jax/preemption.py).
-# 3. Exit 75 (preempted, or a dead peer: merlin_jax/lifeline.py) asks Slurm to requeue the
+# 3. Exit 75 (preempted, or a dead peer: merlin_jax/runtime/lifeline.py) asks Slurm to requeue the
 #    job (`scontrol requeue`), at most MERLIN_MAX_RESTARTS (default 20) times; any other
 #    status ends the job with it (0: done; 2/3: bad input or a NaN, not worth a restart).
 set -u

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On one worker of a TPU VM (started detached by launch/tpu_pod.sh's run step): runs COMMAND
 # again and again until the run is done, as one process group with a pid file, so that
-#   - a preempted run (status 75: SIGTERM, or a dead peer, merlin_jax/lifeline.py) or a
+#   - a preempted run (status 75: SIGTERM, or a dead peer, merlin_jax/runtime/lifeline.py) or a
 #     killed one (status > 128) restarts by itself after MERLIN_RESTART_DELAY_S (default 10)
 #     and resumes from the workdir, at most MERLIN_MAX_RESTARTS (default 20) times;
 #   - the job is found by what it is: ~/merlin_jobs/JOB.pid holds this loop's pid, which is

@@ -444,7 +444,8 @@ def build(config, devices, method_name: str | None = None, overrides: dict | Non
   method_name / overrides: another method on the same config (bench: joint beside MeRLin),
   overrides as config_base.override takes them.
   """
-  from merlin_jax import checks, sharding, train
+  from merlin_jax import checks, train
+  from merlin_jax.runtime import sharding
   from merlin_jax.config_base import override
   from merlin_jax.evaluate import Evaluator
   from merlin_jax.methods import Context
@@ -517,7 +518,7 @@ def check(config, target: str | Target, programs=("train_step", "probe", "eval_b
   program that does not fit (the answer is known; compiles take minutes). method_name /
   overrides: `build`'s.
   """
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   target = parse_target(target) if isinstance(target, str) else target
   devices = target_devices(target)
   notes = []

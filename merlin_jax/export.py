@@ -130,33 +130,33 @@ def verify(path: str, flat: dict, fields: dict) -> None:
 def resolve(path: str) -> str:
   """The export of a workdir, or `path` itself; a workdir without one is a UserError that
   says why (an unfinished run, or not a workdir)."""
-  from merlin_jax import checkpointing, fs
+  from merlin_jax.runtime import fs, layout
   from merlin_jax.errors import UserError
   fs.check_reachable(path)   # seconds, not the storage client's minute of retries
   if not fs.is_dir(path):
     if not fs.exists(path):
       raise UserError(f"model {path} does not exist; give the workdir of a finished run or "
-                      f"its {checkpointing.EXPORT}")
+                      f"its {layout.EXPORT}")
     return path
-  candidate = fs.join(path, checkpointing.EXPORT)
+  candidate = fs.join(path, layout.EXPORT)
   if fs.is_file(candidate):
     return candidate
-  steps = sorted(int(n) for n in fs.listdir(fs.join(path, checkpointing.CHECKPOINTS))
+  steps = sorted(int(n) for n in fs.listdir(fs.join(path, layout.CHECKPOINTS))
                  if n.isdigit())
   if steps:
     raise UserError(f"{path} holds an unfinished run (checkpoints up to step {steps[-1]}, no "
-                    f"{checkpointing.EXPORT} yet: it was stopped or is still running); "
+                    f"{layout.EXPORT} yet: it was stopped or is still running); "
                     "rerun its command to finish it, then load it")
-  raise UserError(f"{path} is not the workdir of a run (no {checkpointing.EXPORT}, no "
+  raise UserError(f"{path} is not the workdir of a run (no {layout.EXPORT}, no "
                   "checkpoints); give the workdir of a finished run or its "
-                  f"{checkpointing.EXPORT}")
+                  f"{layout.EXPORT}")
 
 
 def read(path: str) -> tuple[dict, dict]:
   """(flat arrays, metadata fields) of an export (a .safetensors file or a workdir holding
   one, local or a URI such as gs://...); the fields are {} for a file without merlin_jax
   metadata. Damaged files (a digest mismatch, a torn header) raise DamagedError."""
-  from merlin_jax import fs
+  from merlin_jax.runtime import fs
   from merlin_jax.errors import DamagedError, UserError
   from safetensors.numpy import load
   path = resolve(path)
@@ -210,7 +210,7 @@ def _parse_header(data: bytes) -> dict:
 
 def header_metadata(path: str) -> dict:
   """The `__metadata__` of a safetensors file (any URI), read without its tensors."""
-  from merlin_jax import fs
+  from merlin_jax.runtime import fs
   with fs.as_path(path).open("rb") as f:
     size = int.from_bytes(f.read(8), "little")
     return _parse_header(size.to_bytes(8, "little") + f.read(size))

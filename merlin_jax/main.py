@@ -23,7 +23,7 @@ A stop (SIGTERM, Ctrl-C) is answered within MERLIN_JAX_STOP_GRACE_S seconds (def
 when the run is stuck, e.g. on storage that does not answer: then exit 75 without saving.
 A killed run (kill -9, a crash) also resumes from its last checkpoint when rerun. With
 several processes, one that dies makes the others stop within seconds with status 75
-(merlin_jax/lifeline.py).
+(merlin_jax/runtime/lifeline.py).
 """
 
 import re
@@ -32,7 +32,7 @@ import sys
 # Signals first (before the heavy imports below): a SIGTERM / Ctrl-C in the first instants
 # is recorded and ends the run with exit 75 and a message, not 143 and nothing. (As a
 # program only: imported, e.g. by tests, it leaves the process's signals alone.)
-from merlin_jax import preemption  # noqa: E402  (numpy only)
+from merlin_jax.runtime import preemption  # noqa: E402  (numpy only)
 if __name__ == "__main__":
   preemption.install_early()
 
@@ -127,7 +127,7 @@ def run(argv=None):
 
 
 def main(argv):
-  from merlin_jax import lifeline
+  from merlin_jax.runtime import lifeline
   try:
     _main(argv)
   finally:
@@ -155,7 +155,7 @@ def _main(argv):
     distributed.initialize(distributed.Settings.from_env(
         _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         timeout_s=_DIST_TIMEOUT.value))
-    from merlin_jax import lifeline
+    from merlin_jax.runtime import lifeline
     lifeline.arm_from_jax(_DIST_TIMEOUT.value)   # a dead process: the others exit 75 at once
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -17,7 +17,7 @@ import io
 import os
 from typing import Mapping
 
-from merlin_jax import fs
+from merlin_jax.runtime import fs
 
 FIGURE = "learning_curve.png"
 

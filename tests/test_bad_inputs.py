@@ -25,9 +25,10 @@ import sys
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, export, train
+from merlin_jax import export, train
+from merlin_jax.runtime import checkpointing
 from merlin_jax.errors import DamagedError, InputError, StorageError, UserError
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 from tests import fake_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -171,7 +171,7 @@ def test_gathered_drops_only_the_data_axis():
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   import jax
-  from merlin_jax import sharding
+  from merlin_jax.runtime import sharding
   mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
   tree = {"a": NamedSharding(mesh, P(None, "data")), "b": NamedSharding(mesh, P("model", "data")),
           "c": NamedSharding(mesh, P())}

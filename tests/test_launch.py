@@ -1,4 +1,4 @@
-"""launch/*.sh in dry-run mode (the commands they would run), merlin_jax.distributed's
+"""launch/*.sh in dry-run mode (the commands they would run), merlin_jax.runtime.distributed's
 decisions, and one real 2-process run of launch/local.sh on the synthetic pair."""
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def test_tpu_pod_prints_how_to_follow_and_stop_the_detached_job():
 
 
 def test_tpu_pod_gs_workdir_logs_through_log_to_uri():
-  """A gs:// workdir is passed as is (orbax and merlin_jax.fs write it); each worker's log
+  """A gs:// workdir is passed as is (orbax and merlin_jax.runtime.fs write it); each worker's log
   is written locally and copied to WORKDIR/logs by launch/log_to_uri.sh."""
   args = [a if not a.startswith("--workdir=") else "--workdir=gs://my-bucket/merlin/run"
           for a in TPU_ARGS]
@@ -257,7 +257,7 @@ def test_local_multiprocess_commands():
     assert c[-1] == "--config.total_steps=4"
 
 
-# --- merlin_jax.distributed: when to call jax.distributed.initialize, with what ----------
+# --- merlin_jax.runtime.distributed: when to call jax.distributed.initialize, with what ----------
 
 
 def test_distributed_plan_single_process_by_default():

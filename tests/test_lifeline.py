@@ -1,4 +1,4 @@
-"""A dead process ends a multi-process run promptly (merlin_jax/lifeline.py): two CLI
+"""A dead process ends a multi-process run promptly (merlin_jax/runtime/lifeline.py): two CLI
 processes (jax.distributed on CPU, gloo); process 1 is killed with SIGKILL right after it
 started the collective save of checkpoint 20. Process 0 must stop within seconds (not JAX's
 ~100 s heartbeat) with one line and status 75, the last committed checkpoint must restore,
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from merlin_jax import checkpointing
+from merlin_jax.runtime import checkpointing
 from tests import two_process
 from tests.two_process import CONFIG, FLAGS
 
@@ -94,7 +94,7 @@ def test_kill9_of_one_process_during_a_save_stops_the_other_with_75_and_the_reru
 # The lifeline alone (no JAX, seconds): JAX's key-value store stood in for by a file.
 _PEER = textwrap.dedent("""
     import os, sys, time
-    from merlin_jax import lifeline
+    from merlin_jax.runtime import lifeline
     kv = sys.argv[3]
     class Client:  # JAX's DistributedRuntimeClient, as far as the lifeline uses it
       def key_value_set(self, key, value):

@@ -26,7 +26,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from merlin_jax import checkpointing, fs
+from merlin_jax.runtime import checkpointing, fs
 from tests.test_gcs import BUCKET, _binary, _free_port, _plain_gcsfs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,7 +227,7 @@ def test_sigterm_in_the_first_instants_exits_75_with_a_message(env, tmp_path):
 def test_a_stop_is_answered_within_the_grace_when_the_main_thread_is_stuck(tmp_path):
   """The watchdog (preemption.arm_watchdog): a main thread blocked (here: sleeping; in life,
   a storage call retrying) still exits, 75 and one line, within the grace period."""
-  script = ("from merlin_jax import preemption\n"
+  script = ("from merlin_jax.runtime import preemption\n"
             "preemption.install_early(); preemption.arm_watchdog(2.0)\n"
             "print('ready', flush=True)\n"
             "import time; time.sleep(120)\n")

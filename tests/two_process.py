@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from merlin_jax.metrics import read_jsonl
+from merlin_jax.runtime.metrics import read_jsonl
 from tests.test_reliability import TIMING_KEYS, _digest, subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 
-from merlin_jax.data import tfds_io
+from merlin_jax.data import tfds_env   # not tfds_io: tfds_io dispatches folder:/csv:/jsonl: here
 from merlin_jax.errors import DataError
 
 KINDS = ("folder", "csv", "jsonl")
@@ -61,13 +61,13 @@ def tfds_name(name: str) -> str:
 
 
 def _image_folder(path: str, channels: int | None = None):
-  tfds = tfds_io.import_tfds()
+  tfds = tfds_env.import_tfds()
   shape = None if channels is None else (None, None, channels)
   try:
     return tfds.folder_dataset.ImageFolder(path, shape=shape)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"folder {path}: cannot list it as <split>/<class>/<image> "
-                    f"({tfds_io.first_line(e)})") from None
+                    f"({tfds_env.first_line(e)})") from None
 
 
 def _folder_counts(path: str) -> dict[str, int]:
@@ -137,10 +137,10 @@ def _counts(kind: str, path: str) -> dict[str, int]:
 
 def _prepared(name: str, data_dir: str):
   """The prepared builder of `name` in data_dir, or None (absent, or stale counts)."""
-  tfds = tfds_io.import_tfds()
-  root = os.path.join(os.path.expanduser(data_dir or tfds_io.default_data_dir()),
+  tfds = tfds_env.import_tfds()
+  root = os.path.join(os.path.expanduser(data_dir or tfds_env.default_data_dir()),
                       tfds_name(name), _VERSION)
-  if not tfds_io.import_tf().io.gfile.exists(os.path.join(root, "dataset_info.json")):
+  if not tfds_env.import_tf().io.gfile.exists(os.path.join(root, "dataset_info.json")):
     return None
   builder = tfds.builder_from_directory(root)
   kind, path = parse(name)
@@ -153,9 +153,9 @@ def _prepared(name: str, data_dir: str):
 
 def prepare(name: str, data_dir: str = "", file_format: str | None = None):
   """Writes `name`'s files as a TFDS dataset in data_dir (module docstring); -> builder."""
-  tfds = tfds_io.import_tfds()
+  tfds = tfds_env.import_tfds()
   kind, path = parse(name)
-  dd = os.path.expanduser(data_dir or tfds_io.default_data_dir())
+  dd = os.path.expanduser(data_dir or tfds_env.default_data_dir())
   if kind == "folder":
     probe = _image_folder(path)
     if "train" not in probe.info.splits:
@@ -184,7 +184,7 @@ def prepare(name: str, data_dir: str = "", file_format: str | None = None):
     splits = {s: [(i, {k: str(r[k]) for k in spec}) for i, r in enumerate(rs)]
               for s, rs in rows.items()}
   stale = os.path.join(dd, tfds_name(name), _VERSION)
-  gfile = tfds_io.import_tf().io.gfile
+  gfile = tfds_env.import_tf().io.gfile
   if gfile.exists(os.path.join(stale, "dataset_info.json")):
     again = _prepared(name, data_dir)
     if again is not None:   # prepared meanwhile (another process), and current
@@ -202,7 +202,7 @@ def get_builder(name: str, data_dir: str = ""):
   builder = _prepared(name, data_dir)
   if builder is None:
     logging.info("Preparing %s into TFDS format in %s (once; local files only).", name,
-                 data_dir or tfds_io.default_data_dir())
+                 data_dir or tfds_env.default_data_dir())
     try:
       builder = prepare(name, data_dir)
     except DataError:

@@ -25,9 +25,7 @@ from flax import traverse_util
 from merlin_jax.runtime import fs
 from merlin_jax.errors import UserError
 
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-EXPORT = "model.safetensors"
+from merlin_jax.runtime.layout import BEST, CHECKPOINTS, EXPORT  # noqa: E402,F401
 
 
 def make_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
@@ -253,7 +251,7 @@ def quarantine(mngr: ocp.CheckpointManager, steps) -> str:
         fs.move(src, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("merlin_jax.checkpointing.quarantine")
+    multihost_utils.sync_global_devices("merlin_jax.runtime.checkpointing.quarantine")
   mngr.reload()
   return dest
 

@@ -325,7 +325,7 @@ class ObjectLock:
           return
 
   def _lost(self, e: Exception) -> None:
-    from merlin_jax import preemption
+    from merlin_jax.runtime import preemption
     from merlin_jax.errors import StorageError
     preemption.abort(StorageError(
         f"storage unreachable: the lock {self.path} could not be renewed for "
