@@ -45,6 +45,7 @@ _SCRIPT = textwrap.dedent("""
           process_id=spec["process_id"], timeout_s=120))
     from merlin_jax.data import pipeline
     from merlin_jax.data.synthetic import load_synthetic
+    from tests.helpers import tiny_config
     pipeline.load_transfer_data = load_synthetic
     from merlin_jax import train
     from merlin_jax.errors import Preempted
