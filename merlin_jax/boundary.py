@@ -166,6 +166,22 @@ def report(prog: str, e: BaseException) -> int:
 HARD_EXIT_ON_STORAGE_FAULT = False
 
 
+def _unreachable(where: str, e: BaseException) -> errors.StorageError | None:
+  """An unclassified failure of a program working on remote storage that no longer answers
+  is a storage fault: orbax/gcsfs can surface a lost endpoint as another error (seen:
+  NotADirectoryError for a checkpoint directory while the emulator was down)."""
+  if not where or "://" not in where:
+    return None
+  from merlin_jax.runtime import fs
+  try:
+    fs.check_reachable(where)
+  except errors.StorageError as s:
+    return errors.StorageError(f"{s} (it failed as {type(e).__name__}: {one_line(e)[:120]})")
+  except Exception:  # noqa: BLE001 - the probe itself is best effort
+    return None
+  return None
+
+
 @contextlib.contextmanager
 def cli(prog: str, where: str = ""):
   """The body of a command line: any exception -> one line and its exit status (module
@@ -177,7 +193,7 @@ def cli(prog: str, where: str = ""):
   except BaseException as e:  # noqa: BLE001 - the boundary
     if not isinstance(e, (errors.UserError, errors.Preempted, errors.NonFiniteLossError,
                           KeyboardInterrupt)):
-      e = storage_fault(e, where) or e
+      e = storage_fault(e, where) or _unreachable(where, e) or e
     if verbose() and not isinstance(e, (errors.Preempted, KeyboardInterrupt)):
       raise
     code = report(prog, e)

@@ -13,7 +13,8 @@ if ROOT not in sys.path:
 
 import pytest  # noqa: E402
 
-from tests.helpers import StderrCapture, run_cli, x64  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    StderrCapture, build_two_process_reference, run_cli, x64)
 
 
 @pytest.fixture
@@ -38,8 +39,7 @@ def finished(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def two_process_reference(tmp_path_factory):
-  """(workdir, compilation cache) of an uninterrupted 2-process CLI run (tests/two_process.py),
+  """(workdir, compilation cache) of an uninterrupted 2-process CLI run (helpers.local_sh),
   built once for tests/test_slurm.py and tests/test_lifeline.py."""
-  from tests import two_process
   cache = tmp_path_factory.mktemp("two_process_jax_cache")
-  return two_process.build_reference(tmp_path_factory.mktemp("two_process_reference"), cache), cache
+  return build_two_process_reference(tmp_path_factory.mktemp("two_process_reference"), cache), cache

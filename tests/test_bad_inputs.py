@@ -29,7 +29,7 @@ from merlin_jax import export, train
 from merlin_jax.runtime import checkpointing
 from merlin_jax.errors import DamagedError, InputError, StorageError, UserError
 from merlin_jax.runtime.metrics import read_jsonl
-from tests import fake_data
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ def run(tmp_path_factory):
   workdir = str(root / "run")
   old = os.umask(0o022)
   try:
-    train.train_and_evaluate(fake_data.tiny_config("joint"), workdir)
+    train.train_and_evaluate(tiny_config("joint"), workdir)
   finally:
     os.umask(old)
   flat, meta = export.read(workdir)

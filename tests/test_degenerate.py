@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.test_methods import Setup
 
 from merlin_jax.methods import METHODS
 from merlin_jax.methods.bss import smallest_singular_values_sq
+from tests.helpers import Setup
 
 
 def _with_spectrum(rng, sigma, rows, cols):

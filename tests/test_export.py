@@ -17,11 +17,10 @@ import pytest
 from merlin_jax import train
 from merlin_jax.methods import METHODS as REGISTERED
 from merlin_jax.runtime.metrics import read_jsonl
-from tests.helpers import tiny_config, write_random_hf_bert
+from tests.helpers import TIMING_KEYS, tiny_config, write_random_hf_bert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = sorted(REGISTERED)   # every method of the package
-TIMING_KEYS = ("steps_per_sec", "train_seconds")
 
 
 @pytest.fixture(scope="module")

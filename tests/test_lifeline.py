@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from merlin_jax.runtime import checkpointing
-from tests import two_process
-from tests.two_process import CONFIG, FLAGS
+from tests.helpers import (
+    CONFIG, TWO_PROCESS_FLAGS, assert_same_result, local_sh, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIE_AT = 20
@@ -50,7 +50,7 @@ def _free_port():
 def test_kill9_of_one_process_during_a_save_stops_the_other_with_75_and_the_rerun_resumes(
     tmp_path, two_process_reference):
   reference, cache = two_process_reference
-  env = dict(two_process.env(cache), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(subprocess_env(cache), XLA_FLAGS="--xla_force_host_platform_device_count=1")
   workdir = tmp_path / "run"
   coordinator = f"127.0.0.1:{_free_port()}"
   procs, logs = [], []
@@ -59,7 +59,7 @@ def test_kill9_of_one_process_during_a_save_stops_the_other_with_75_and_the_reru
     procs.append(subprocess.Popen(
         [sys.executable, "-c", _HARNESS, f"--config={CONFIG}", f"--workdir={workdir}",
          "--multihost=on", f"--coordinator_address={coordinator}", "--num_processes=2",
-         f"--process_id={i}", "--distributed_timeout=300", *FLAGS],
+         f"--process_id={i}", "--distributed_timeout=300", *TWO_PROCESS_FLAGS],
         env=env, cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT))
   try:
     procs[1].wait(timeout=400)
@@ -83,10 +83,10 @@ def test_kill9_of_one_process_during_a_save_stops_the_other_with_75_and_the_reru
   steps = checkpointing.make_manager(str(workdir / "checkpoints"), 5).all_steps()
   assert steps and max(steps) in (10, DIE_AT), steps
   # The rerun (the plain launcher, same flags) resumes from it and ends bitwise.
-  rerun = two_process.local_sh(workdir, dict(env, XLA_FLAGS=""))
+  rerun = local_sh(workdir, dict(env, XLA_FLAGS=""))
   assert rerun.returncode == 0, rerun.stderr[-4000:]
   assert f"Resumed from {workdir / 'checkpoints'} at step {max(steps)}" in rerun.stderr
-  two_process.assert_same_result(workdir, reference)
+  assert_same_result(workdir, reference)
   print(f"TIMING|lifeline|process 0 stopped {stopped_after:.1f} s after process 1 was killed; "
         f"resumed at step {max(steps)}")
 

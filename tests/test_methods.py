@@ -3,7 +3,8 @@
 A tiny SmallCNN (conv widths (4, 8), 16 features, 8x8x1 inputs, no batch norm unless a
 test says so) so that every objective is a few milliseconds once compiled. Without batch
 norm the features of an example do not depend on the rest of the batch, so objectives
-that run the backbone on different batches can be compared exactly (up to float32).
+that run the backbone on different batches can be compared exactly (up to float32). The
+setup (helpers.Setup) is shared with tests/test_degenerate.py.
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from merlin_jax import inner, losses
 from merlin_jax.errors import ConfigError
-from merlin_jax.methods import METHODS, Context, Hyper, get_method
-from merlin_jax.models import apply_head, make_backbone
-from tests.helpers import numpy_init
+from merlin_jax.methods import METHODS, Context, get_method
+from merlin_jax.models import apply_head
+from tests.helpers import (
+    FEAT, K_SRC, K_TGT, N_TGT, SPLIT_TR, SPLIT_VAL, Setup, tiny_hyper)
 
-FEAT, K_SRC, K_TGT = 16, 3, 4
-# Sizes chosen so the backbone only ever sees batches of 8 (source, target pool, MeRLin-ft's
-# split) or 16 (joint's and MeRLin's source + target): the objectives run eagerly and reuse
-# each other's compiled ops, far cheaper than compiling each objective under jit.
-N_SRC, N_TGT = 8, 8
-SPLIT_TR, SPLIT_VAL = 5, 3
 TOL = dict(rtol=2e-5, atol=1e-6)
 
 # A source batch no backbone can read (wrong image shape: concatenating it with the target
@@ -36,61 +31,6 @@ UNREADABLE_SOURCE = {"inputs": np.zeros((3, 5, 5, 2), np.float32), "label": np.z
 
 ALL_METHODS = {"pretrain", "target_only", "finetune", "joint", "l2sp", "merlin", "merlin_ft",
                "bss", "delta", "co_tuning"}
-
-
-def _backbone(batch_norm=False):
-  cfg = ml_collections.ConfigDict(dict(name="small_cnn", conv_widths=(4, 8), feature_dim=FEAT,
-                                       batch_norm=batch_norm))
-  return make_backbone(cfg, (2, 8, 8, 1))
-
-
-def _hyper(**kw):
-  base = dict(num_source_classes=K_SRC, num_target_classes=K_TGT,
-              inner=inner.InnerConfig(kind="gd", steps=4, lr=0.5, step_size="fixed"),
-              split_train_size=SPLIT_TR, split_val_size=SPLIT_VAL)
-  base.update(kw)
-  return Hyper(**base)
-
-
-def _numpy_head(rng, k):
-  return {"w": (rng.normal(size=(FEAT, k)) / np.sqrt(FEAT)).astype(np.float32),
-          "b": (0.1 * rng.normal(size=(k,))).astype(np.float32)}
-
-
-class Setup:
-  def __init__(self, batch_norm=False):
-    self.backbone = _backbone(batch_norm)
-    rng = np.random.default_rng(0)
-    bb, self.state = numpy_init(self.backbone, (2, 8, 8, 1), rng)
-    self.params = {"backbone": bb,
-                   "source_head": _numpy_head(rng, K_SRC),
-                   "target_head": _numpy_head(rng, K_TGT)}
-    self.source = {"inputs": rng.normal(size=(N_SRC, 8, 8, 1)).astype(np.float32),
-                   "label": np.arange(N_SRC) % K_SRC}
-    self.target = {"inputs": rng.normal(size=(N_TGT, 8, 8, 1)).astype(np.float32),
-                   "label": np.arange(N_TGT) % K_TGT}
-    self.batch = {"source": self.source, "target": self.target}
-    self.key = jax.random.key(7)
-    self._memo = {}
-
-  def ctx(self, **kw):
-    return Context(backbone=self.backbone, hp=_hyper(**kw))
-
-  def run(self, name, ctx, batch=None, anchor=None, key=None):
-    """(loss, new_state, metrics, grads) of method `name`'s objective (memoised)."""
-    batch = self.batch if batch is None else batch
-    key = self.key if key is None else key
-    # Sources and anchors are long-lived objects (module constants or the fixture's), so
-    # their ids are stable keys.
-    memo = (name, ctx.hp, id(batch["source"]), id(batch["target"]),
-            tuple(np.asarray(jax.random.key_data(key))), id(anchor))
-    if memo not in self._memo:
-      objective = get_method(name).objective
-      fn = jax.value_and_grad(lambda p: objective(ctx, p, self.state, batch, key, anchor),
-                              has_aux=True)
-      (loss, (new_state, metrics)), grads = fn(self.params)
-      self._memo[memo] = (loss, new_state, metrics, grads)
-    return self._memo[memo]
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +314,7 @@ def test_a_method_registered_from_user_code_declares_its_own_hyperparameters():
   try:
     assert methods.get_method("toy_gamma") is toy
     config = base_config()
-    assert config.toy.gamma == 2.0 and "toy_gamma" not in _hyper().__repr__()
+    assert config.toy.gamma == 2.0 and "toy_gamma" not in tiny_hyper().__repr__()
     config.toy.gamma = 3
     hp = toy.hyper(config, K_SRC, K_TGT)
     assert hp.toy_gamma == 3.0 and isinstance(hp.toy_gamma, float)
@@ -384,7 +324,7 @@ def test_a_method_registered_from_user_code_declares_its_own_hyperparameters():
       toy.hyper(config, K_SRC, K_TGT)
     assert err.value.key == "toy.gamma"
     with pytest.raises(AttributeError, match="declare it"):
-      _hyper().undeclared_weight   # pylint: disable=expression-not-assigned
+      tiny_hyper().undeclared_weight   # pylint: disable=expression-not-assigned
   finally:
     methods.METHODS.pop("toy_gamma")
     base._DECLARED.pop("toy_gamma")   # pylint: disable=protected-access

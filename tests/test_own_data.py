@@ -16,40 +16,9 @@ from PIL import Image
 
 from merlin_jax.data import own_data, tfds_io
 from merlin_jax.errors import DataError
+from tests.helpers import write_image_folder, write_text_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_image_folder(root, classes=("cat", "dog"), n_train=12, n_test=4, size=(10, 12),
-                       mode="L", seed=0):
-  """root/train/<class>/<i>.png (and test/ when n_test): class c is brighter for larger c,
-  so a model can learn it. -> {path: pixels}."""
-  rng = np.random.default_rng(seed)
-  pixels = {}
-  for split, n in (("train", n_train), ("test", n_test)):
-    for c, name in enumerate(classes):
-      if not n:
-        continue
-      os.makedirs(os.path.join(root, split, name), exist_ok=True)
-      for i in range(n):
-        shape = size if mode == "L" else size + (3,)
-        x = np.clip(rng.normal(60 + 120 * c, 30, shape), 0, 255).astype(np.uint8)
-        path = os.path.join(root, split, name, f"{i}.png")
-        Image.fromarray(x, mode).save(path)
-        pixels[path] = x
-  return pixels
-
-
-def write_text_table(path, kind, rows):
-  """rows: dicts with text[, text_pair], label -> a .csv (header) or .jsonl file."""
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    if kind == "jsonl":
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    else:
-      import csv
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
 
 
 def test_a_folder_is_prepared_once_by_tfds_image_folder(tmp_path):
@@ -142,7 +111,7 @@ def test_readme_own_images_block_runs_end_to_end(tmp_path, capfd):
   few steps (the source shrunk to printed_digits/tiny). The two CLIs run as written; the
   training line runs in this process (`python -m merlin_jax.main`'s own entry point, as
   tests/test_cli.py does: one interpreter start less)."""
-  from tests.test_cli import run_cli
+  from tests.helpers import run_cli
   write_image_folder(str(tmp_path / "xray"), size=(28, 28))   # the model's size
   lines = readme_block("<!-- own-images -->")
   assert [l.split()[2] for l in lines] == ["merlin_jax.data.prepare", "merlin_jax.main",
@@ -180,7 +149,7 @@ def test_a_csv_text_target_through_the_text_pipeline(tmp_path):
   """csv:DIR as the target of a shipped text config (wic_minilm), fields text + text_pair."""
   from merlin_jax.config_base import load_config
   from merlin_jax.data import pipeline
-  from tests.test_bert import write_random_hf_bert
+  from tests.helpers import write_random_hf_bert
   rows = [{"text": f"sentence {i}", "text_pair": f"other {i % 5}", "label": ["no", "yes"][i % 2]}
           for i in range(40)]
   os.makedirs(tmp_path / "t")
@@ -200,7 +169,7 @@ def test_a_csv_text_target_through_the_text_pipeline(tmp_path):
 
 
 def test_a_missing_config_names_the_shipped_ones(tmp_path, capfd, monkeypatch):
-  from tests.test_cli import assert_one_line_error, run_cli
+  from tests.helpers import assert_one_line_error, run_cli
   monkeypatch.chdir(tmp_path)   # outside the repo: configs/digits.py is not here
   code, err = run_cli([], capfd, config="configs/digits.py:local", workdir=str(tmp_path / "w"))
   line = assert_one_line_error(code, err, "cannot load --config=configs/digits.py:local")

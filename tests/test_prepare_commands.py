@@ -22,7 +22,7 @@ import types
 import pytest
 
 from merlin_jax.data import builders, prepare, sources, tfds_io
-from tests.test_own_data import write_image_folder, write_text_table
+from tests.helpers import write_image_folder, write_text_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = re.compile(r"(?:python -m merlin_jax\.data\.prepare|merlin-prepare) +([^`\n|)]*)")

@@ -23,8 +23,8 @@ from merlin_jax.runtime import checkpointing, provenance
 from merlin_jax.config_base import load_config, override
 from merlin_jax.runtime.metrics import read_jsonl
 from tests.helpers import (
-    assert_one_line_error, data_files, digest, flip_one_bit, run_cli, subprocess_env,
-    tree_digest)
+    TIMING_KEYS, assert_one_line_error, data_files, digest, flip_one_bit, run_cli,
+    subprocess_env, tree_digest)
 
 # orbax's reader threads may log "Event loop is closed" after a failed read of a corrupt step.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -33,7 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
 # joint: the cheapest step to compile; 40 steps, checkpoints every 10, evals every 5.
 RUN = {"method": "joint", "total_steps": 40, "checkpoint_every": 10, "eval.every": 5}
-TIMING_KEYS = ("steps_per_sec", "train_seconds")
 
 
 def _config(**overrides):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from merlin_jax import run_report, train
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 def test_no_eta_until_a_compiled_step_has_been_timed():
@@ -46,8 +46,10 @@ def test_a_run_tells_where_everything_is_and_shows_itself(tmp_path, capfd, caplo
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "1")   # this test reads the hparams back
   caplog.set_level("INFO")
   wd = str(tmp_path / "run")
+  # --verbosity=0 (INFO): parsing the flags again in this process (an earlier test ran the
+  # CLI) resets the logging level to absl's --verbosity default, WARNING.
   code, err = run_cli(["--config.total_steps=6", "--config.eval.every=2",
-                       "--config.log_every=2"], capfd, workdir=wd)
+                       "--config.log_every=2", "--verbosity=0"], capfd, workdir=wd)
   assert code == 0, err[-3000:]
   lines = caplog.messages   # absl's log, in order
 

@@ -1,5 +1,5 @@
-"""Preemptible capacity on a real Slurm (tests/slurm_cluster.py: munged + slurmctld + slurmd
-from Debian's slurm-wlm, started in a temp dir and stopped at the end).
+"""Preemptible capacity on a real Slurm (helpers.SlurmCluster: munged + slurmctld + slurmd from
+Debian's slurm-wlm, started in a temp dir and stopped at the end).
 
 `launch/slurm.sh` submits a 2-task CPU run (2 JAX processes joined by jax.distributed) of
 the synthetic pair; the test preempts it mid-run with `scontrol requeue`, Slurm restarts
@@ -17,19 +17,20 @@ import time
 
 import pytest
 
-from tests import slurm_cluster, two_process
-from tests.two_process import CONFIG, FLAGS, RUN
+from tests.helpers import (
+    CONFIG, TWO_PROCESS_FLAGS, TWO_PROCESS_RUN, SlurmCluster, assert_same_result,
+    slurm_missing, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.dirname(os.path.dirname(sys.executable))
 
-pytestmark = pytest.mark.skipif(slurm_cluster.missing() is not None,
-                                reason=f"real Slurm unavailable: {slurm_cluster.missing()}")
+pytestmark = pytest.mark.skipif(slurm_missing() is not None,
+                                reason=f"real Slurm unavailable: {slurm_missing()}")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-  c = slurm_cluster.Cluster(str(tmp_path_factory.mktemp("slurm")))
+  c = SlurmCluster(str(tmp_path_factory.mktemp("slurm")))
   try:
     yield c.start()
   finally:
@@ -61,13 +62,13 @@ def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster,
                                                              two_process_reference):
   # The uninterrupted 2-process run (launch/local.sh; it also filled the compilation cache).
   reference, cache = two_process_reference
-  env = two_process.env(cache)
+  env = subprocess_env(cache)
   t0 = time.time()
 
   workdir = tmp_path / "run"
   out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), f"--config={CONFIG}",
                         f"--workdir={workdir}", "--gpus-per-node=0", "--ntasks-per-node=2",
-                        "--signal-s=30", f"--venv={VENV}", "--", *FLAGS],
+                        "--signal-s=30", f"--venv={VENV}", "--", *TWO_PROCESS_FLAGS],
                        env=dict(env, **cluster.env), cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
   assert out.returncode == 0, out.stderr
@@ -90,10 +91,10 @@ def test_preempted_slurm_job_is_requeued_and_resumes_bitwise(tmp_path, cluster,
   assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text[-4000:])
   assert info["Restarts"] == "1"
   stopped = int(text.split("merlin_jax: preempted at step ")[1].split(":")[0])
-  assert 10 <= stopped < RUN["total_steps"], text[-4000:]
+  assert 10 <= stopped < TWO_PROCESS_RUN["total_steps"], text[-4000:]
   assert "Exited with exit code 75" in text   # (Slurm itself requeues the job here)
   assert f"Resumed from {workdir / 'checkpoints'} at step {stopped}" in text
-  two_process.assert_same_result(workdir, reference)
+  assert_same_result(workdir, reference)
   print(f"TIMING|slurm|submit to checkpoint 10 {t_preempt - t0:.0f} s; requeue to pending "
         f"{t_requeued - t_preempt:.0f} s; restart to the end {t_end - t_requeued:.0f} s; "
         f"stopped at step {stopped}; total {t_end - t0:.0f} s")

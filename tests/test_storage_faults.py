@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from merlin_jax.runtime import checkpointing, fs
-from tests.test_gcs import BUCKET, _binary, _free_port, _plain_gcsfs
+from tests.helpers import (
+    BUCKET, TIMING_KEYS, free_port, gcs_emulator_binary, plain_gcsfs, subprocess_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -63,16 +64,17 @@ class Emulator:
   """fake-gcs-server on a fixed port with its objects on disk: stop() and start() again."""
 
   def __init__(self, root):
-    self.root, self.port = str(root), _free_port()
+    self.root, self.port = str(root), free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self.proc = None
 
   def start(self):
     os.makedirs(self.root, exist_ok=True)
     self.proc = subprocess.Popen(
-        [_binary(), "-scheme", "http", "-backend", "filesystem", "-filesystem-root", self.root,
-         "-host", "127.0.0.1", "-port", str(self.port), "-external-url", self.url,
-         "-log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [gcs_emulator_binary(), "-scheme", "http", "-backend", "filesystem",
+         "-filesystem-root", self.root, "-host", "127.0.0.1", "-port", str(self.port),
+         "-external-url", self.url, "-log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 20
     while True:
       try:
@@ -102,7 +104,7 @@ def emulator(tmp_path_factory):
   urllib.request.urlopen(request, timeout=10).close()
   old = {k: os.environ.get(k) for k in emu.env()}
   os.environ.update(emu.env())
-  _plain_gcsfs()
+  plain_gcsfs()
   try:
     yield emu
   finally:
@@ -117,7 +119,6 @@ def emulator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-  from tests.test_reliability import subprocess_env
   return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
 
 
@@ -126,7 +127,7 @@ def _records(path):
   out = []
   for line in fs.read_text(path).splitlines():
     r = json.loads(line)
-    out.append({k: v for k, v in r.items() if k not in ("steps_per_sec", "train_seconds")})
+    out.append({k: v for k, v in r.items() if k not in TIMING_KEYS})
   return out
 
 
@@ -247,7 +248,7 @@ def test_a_stop_is_answered_within_the_grace_when_the_main_thread_is_stuck(tmp_p
 
 def test_a_lock_that_is_a_directory_is_one_line_and_leaves_nothing(tmp_path, capfd,
                                                                   monkeypatch):
-  from tests.test_cli import run_cli, snapshot
+  from tests.helpers import run_cli, snapshot
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   workdir = tmp_path / "run"
   (workdir / ".lock").mkdir(parents=True)
@@ -260,7 +261,7 @@ def test_a_lock_that_is_a_directory_is_one_line_and_leaves_nothing(tmp_path, cap
 
 def test_nan_before_any_checkpoint_says_nothing_was_kept(tmp_path, capfd, monkeypatch):
   from merlin_jax import train
-  from tests.test_cli import run_cli
+  from tests.helpers import run_cli
   monkeypatch.setenv("MERLIN_JAX_TENSORBOARD", "0")
   real = train.make_train_step
 
