@@ -419,6 +419,28 @@ def plain_gcsfs():
   fsspec.register_implementation("gs", "gcsfs.core.GCSFileSystem", clobber=True)
 
 
+@contextlib.contextmanager
+def gcs_bucket_environ(url: str, env: dict):
+  """Creates BUCKET on the emulator at `url`, then runs the block with `env` in this
+  process's environment (gcsfs re-registered for it), restoring the environment after."""
+  import urllib.request
+  request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
+                                   data=json.dumps({"name": BUCKET}).encode(),
+                                   headers={"Content-Type": "application/json"})
+  urllib.request.urlopen(request, timeout=10).close()
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  plain_gcsfs()
+  try:
+    yield env
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
 # --- two JAX CPU processes of the CLI (tests/test_slurm.py, tests/test_lifeline.py) -------
 # The uninterrupted reference run on the synthetic pair that a preempted / killed run is
 # compared with (the `two_process_reference` fixture in conftest.py builds it once).

@@ -28,8 +28,8 @@ import pytest
 from merlin_jax.runtime import checkpointing, fs, workdir as workdir_lib
 from merlin_jax.errors import UserError
 from tests.helpers import (
-    BUCKET, TIMING_KEYS, assert_one_line_error, free_port, gcs_emulator_binary, plain_gcsfs,
-    subprocess_env)
+    assert_one_line_error, BUCKET, free_port, gcs_bucket_environ, gcs_emulator_binary,
+    subprocess_env, TIMING_KEYS)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -59,25 +59,12 @@ def emulator(tmp_path_factory):
         if proc.poll() is not None or time.time() > deadline:
           pytest.skip(f"the GCS emulator did not start ({e}): {log.read_text()[-500:]}")
         time.sleep(0.1)
-    request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": BUCKET}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).close()
     env = {"STORAGE_EMULATOR_HOST": url, "FSSPEC_GCS_TOKEN": "anon",
            # emulators have no Storage Control API (gcsfs's zonal/HNS bucket detection)
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
            "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    plain_gcsfs()
-    try:
+    with gcs_bucket_environ(url, env):
       yield env
-    finally:
-      for k, v in old.items():
-        if v is None:
-          os.environ.pop(k, None)
-        else:
-          os.environ[k] = v
   finally:
     proc.terminate()
     proc.wait(timeout=10)

@@ -28,7 +28,8 @@ import pytest
 
 from merlin_jax.runtime import checkpointing, fs
 from tests.helpers import (
-    BUCKET, TIMING_KEYS, free_port, gcs_emulator_binary, plain_gcsfs, subprocess_env)
+    BUCKET, free_port, gcs_bucket_environ, gcs_emulator_binary, subprocess_env,
+    TIMING_KEYS)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic.py")
@@ -98,21 +99,10 @@ class Emulator:
 def emulator(tmp_path_factory):
   emu = Emulator(tmp_path_factory.mktemp("gcs_disk") / "objects")
   emu.start()
-  request = urllib.request.Request(f"{emu.url}/storage/v1/b?project=test", method="POST",
-                                   data=json.dumps({"name": BUCKET}).encode(),
-                                   headers={"Content-Type": "application/json"})
-  urllib.request.urlopen(request, timeout=10).close()
-  old = {k: os.environ.get(k) for k in emu.env()}
-  os.environ.update(emu.env())
-  plain_gcsfs()
   try:
-    yield emu
+    with gcs_bucket_environ(emu.url, emu.env()):
+      yield emu
   finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
     if emu.proc.poll() is None:
       emu.stop()
 
