@@ -181,6 +181,9 @@ KEYS: tuple[Key, ...] = (
         valid=_widths_ok, what="a non-empty tuple of integers >= 1"),
     _int("model.feature_dim", 256, "small_cnn: feature dimension", 1, 2**20),
     Key("model.batch_norm", False, "small_cnn: batch norm"),
+    _int("model.conv_batch_chunk", -1, "small_cnn: convolve the batch in slices of this many "
+         "images at most (-1: 64 on CPU, whole elsewhere; 0: whole; the same features, "
+         "faster on XLA:CPU)", -1, 2**20, resume=True),
     Key("model.small_inputs", False, "resnet: the CIFAR stem (3x3, no max-pool)"),
     # Parameters, optimizer state, batch-norm statistics, losses and the inner solve stay
     # float32 whatever the activations' dtype.

@@ -45,6 +45,43 @@ def test_small_cnn_feature_shapes(hw, channels, widths, feature_dim):
   assert logits.shape == (3, 5)
 
 
+def test_small_cnn_batch_chunks_give_the_same_features_and_gradient():
+  """model.conv_batch_chunk (CPU speed, issue 32) convolves slices of the batch: the same
+  parameter tree, features and gradient as one convolution, for an uneven split too, and
+  batch norm (statistics over the batch) is never sliced."""
+  from merlin_jax.models.cnn import batch_chunks
+  assert batch_chunks(328, 64) == [(0, 54), (54, 109), (109, 164), (164, 218), (218, 273),
+                                   (273, 328)]
+  assert batch_chunks(5, 64) == batch_chunks(5, 0) == [(0, 5)]
+  shape = (2, 8, 8, 1)
+  whole = make_backbone(_cfg(name="small_cnn", conv_widths=(4, 8), feature_dim=6,
+                             conv_batch_chunk=0), shape)
+  sliced = make_backbone(_cfg(name="small_cnn", conv_widths=(4, 8), feature_dim=6,
+                              conv_batch_chunk=3), shape)
+  params, state = numpy_init(whole, shape, np.random.default_rng(0))
+  params_s, _ = numpy_init(sliced, shape, np.random.default_rng(0))
+  assert jax.tree.structure(params) == jax.tree.structure(params_s)
+  x = np.random.default_rng(1).normal(size=(10, 8, 8, 1)).astype(np.float32)
+
+  def loss(backbone, p):
+    return jnp.sum(jnp.sin(backbone.features(p, state, x, train=True)[0]))
+  (v0, g0), (v1, g1) = (jax.value_and_grad(lambda p, b=b: loss(b, p))(params)
+                        for b in (whole, sliced))
+  np.testing.assert_allclose(v1, v0, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+  assert make_backbone(_cfg(name="small_cnn", conv_batch_chunk=-1), shape).module \
+      .conv_batch_chunk == (64 if jax.default_backend() == "cpu" else 0)
+  bn = make_backbone(_cfg(name="small_cnn", conv_widths=(4,), feature_dim=6, batch_norm=True,
+                          conv_batch_chunk=3), shape)
+  p_bn, s_bn = numpy_init(bn, shape, np.random.default_rng(0))
+  _, new = bn.features(p_bn, s_bn, x, train=True)   # statistics of all 10 images, not of 3
+  mean = np.asarray(jax.lax.conv_general_dilated(
+      x, p_bn["Conv_0"]["kernel"], (1, 1), "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + p_bn["Conv_0"]["bias"]).mean((0, 1, 2))
+  np.testing.assert_allclose(new["batch_stats"]["BatchNorm_0"]["mean"], 0.1 * mean,
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_small_cnn_batch_norm_keeps_state():
   backbone = make_backbone(_cfg(name="small_cnn", conv_widths=(4,), feature_dim=6,
                                 batch_norm=True), (2, 8, 8, 1))

@@ -25,7 +25,12 @@ from merlin_jax.models.heads import apply_head, init_head  # noqa: F401  (re-exp
 def _small_cnn(cfg):
   return cnn.SmallCNN(conv_widths=tuple(cfg.get("conv_widths", (32, 64))),
                       feature_dim=cfg.get("feature_dim", 256),
-                      use_batch_norm=cfg.get("batch_norm", False), dtype=compute_dtype(cfg))
+                      use_batch_norm=cfg.get("batch_norm", False), dtype=compute_dtype(cfg),
+                      conv_batch_chunk=_conv_batch_chunk(cfg.get("conv_batch_chunk", -1)))
+
+
+def _conv_batch_chunk(value: int) -> int:
+  return cnn.default_conv_batch_chunk() if value < 0 else value
 
 
 def _resnet18(cfg):

@@ -31,21 +31,57 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.where(ab >= cd, ab, cd)
 
 
+def batch_chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+  """[start, stop) of the fewest consecutive slices of at most `chunk` rows covering
+  range(n), of near-equal sizes (no small tail: 328 rows by 64 are 55 x 4 + 54 x 2); one
+  slice when chunk <= 0 or chunk >= n."""
+  if chunk <= 0 or chunk >= n:
+    return [(0, n)]
+  k = -(-n // chunk)
+  bounds = [i * n // k for i in range(k + 1)]
+  return list(zip(bounds[:-1], bounds[1:]))
+
+
+def default_conv_batch_chunk() -> int:
+  """`model.conv_batch_chunk = -1` (auto): at most 64 images per convolution on the CPU
+  backend, the whole batch elsewhere. On XLA:CPU the BENCH.md step (328 images) runs ~15%
+  faster with its convolutions on 6 slices of ~55 images than on the whole batch (the
+  kernels' gradient, the costliest part, ~1.5x faster alone), while slices of 32 or fewer
+  make the step slower (WORKSPACE.md, issue 32); an accelerator wants the whole batch."""
+  return 64 if jax.default_backend() == "cpu" else 0
+
+
 class SmallCNN(nn.Module):
   conv_widths: Sequence[int] = (32, 64)
   feature_dim: int = 256
   use_batch_norm: bool = False
   dtype: Any = jnp.float32   # activations / matmuls (parameters stay float32)
+  # Convolve the batch in slices of this many images and concatenate (0: in one piece).
+  # Each image is convolved on its own either way, so the features are the same (the
+  # kernels' gradient sums per slice: the same sum in another order). Never with batch
+  # norm, whose statistics span the batch.
+  conv_batch_chunk: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     # x: [N, H, W, C] float32
-    for width in self.conv_widths:
-      x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
-      if self.use_batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
-      x = nn.relu(x)
-      x = max_pool_2x2(x)
+    if self.conv_batch_chunk > 0 and not self.use_batch_norm and x.shape[0] > self.conv_batch_chunk:
+      convs = [nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)
+               for width in self.conv_widths]
+
+      def blocks(x):
+        for conv in convs:
+          x = max_pool_2x2(nn.relu(conv(x)))
+        return x
+      x = jnp.concatenate([blocks(x[s:e]) for s, e in batch_chunks(x.shape[0],
+                                                                   self.conv_batch_chunk)])
+    else:
+      for width in self.conv_widths:
+        x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
+        if self.use_batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        x = nn.relu(x)
+        x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.feature_dim, dtype=self.dtype)(x))
     return x.astype(jnp.float32)  # [N, feature_dim]
