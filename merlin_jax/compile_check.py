@@ -459,6 +459,11 @@ def build(config, devices, method_name: str | None = None, overrides: dict | Non
     config.method = method_name
   if overrides:
     override(config, overrides)
+  if (config.model.name == "small_cnn" and config.model.get("conv_batch_chunk", -1) < 0
+      and devices[0].platform != "cpu"):
+    # auto means "as the backend running it wants" (models/cnn.py): this host is a CPU,
+    # the target is not, so the target's choice (whole batches), not this host's.
+    config.model.conv_batch_chunk = 0
   checked = config.copy_and_resolve_references()
   if not checked.pretrained.path:   # weights are not read here
     checked.pretrained.path = "compile-only"
