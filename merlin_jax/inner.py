@@ -121,17 +121,15 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
             step on the carry (A [K, N], b [K], s^k), W formed once at the end. The
             meta-gradient reaches F through the Gram matrix F F^T, F W_0 and that last
             product. Cheaper whenever N_tr <= D (MeRLin's 100 x 256 split: ~5x per step).
-  With `remat` the backward pass keeps only the carry per step (the head, or A and b)
-  and recomputes the rest: in the primal a `jax.checkpoint` scan body; in the dual the
-  loop's backward is written out (`_dual_loop`: the same derivative in fewer XLA kernels
-  per step, issue 32), which without `remat` also keeps the softmax of every step.
+  With `remat` the scan body is a `jax.checkpoint`: the backward pass keeps only the
+  carry per step (the head, or A and b) and recomputes the rest.
   """
   if step_size == "normalized":
     lr = lr / curvature_bound(features, weight_decay)
   n, d = features.shape
   num_classes = head0["w"].shape[-1]
   scale = lr / n
-  decay = 1.0 - lr * weight_decay if weight_decay else 1.0   # s (a number without L2)
+  decay = 1.0 - lr * weight_decay        # s (exactly 1 without weight decay)
   form = gd_form(n, d, form)
 
   if form == "primal":
@@ -149,16 +147,10 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
     onehot_t = jax.nn.one_hot(labels, num_classes, dtype=features.dtype).T   # [K, N]
     gram = scale * (features @ features.T)                                  # [N, N]
     fw0_t = (features @ head0["w"]).T                                       # [K, N]
-    c_n = decay ** steps   # s^k is a number known here: no carry for it
 
     def to_head(carry):
       a, b, c = carry
       return {"w": c * head0["w"] - scale * (a @ features).T, "b": b}
-
-    if not return_trajectory and isinstance(decay, (int, float)):   # see _dual_loop
-      a, b = _dual_loop(steps, float(decay), bool(remat), fw0_t, gram, onehot_t, head0["b"],
-                        jnp.asarray(scale, features.dtype))
-      return to_head((a, b, c_n))
 
     def step(carry, _):
       a, b, c = carry          # A_k^T [K, N], b_k [K], s^k
@@ -174,74 +166,6 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
   carry, trajectory = jax.lax.scan(step, carry0, None, length=steps)
   head = to_head(carry)
   return (head, trajectory) if return_trajectory else head
-
-
-# The dual-form loop with its backward pass written out. Autodiff of the scan (with the
-# body's jax.checkpoint) ran, per inner step, a recomputed forward and a backward of 19
-# XLA kernels, 3 of them dots; XLA:CPU's cost per kernel, not arithmetic, is what an inner
-# step costs there (issue 32). Written out, the backward step is 9-12 kernels:
-#   remat=True   keeps the carry (A_k [K, N], b_k [K]) per step, as the checkpointed scan
-#                did, and recomputes the softmax P_k from it (2 dots per backward step:
-#                Z_k = ... - A_k G, and Zbar_k G^T; the Gram matrix's cotangent
-#                -sum_k A_k^T Zbar_k is accumulated in the same loop: a third);
-#   remat=False  also keeps P_k and stacks Zbar_k, so the backward step has one dot and the
-#                Gram cotangent is one [N, nK] x [nK, N] matmul after the loop (3 K N floats
-#                per step instead of K N + K).
-# The same derivative as autodiff (tests/test_inner.py checks it in float64).
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _dual_loop(steps, decay, remat, fw0_t, gram, onehot_t, b0, scale):
-  """(A_n^T [K, N], b_n [K]) after `steps` dual-form GD steps (`fit_head_gd`)."""
-  return _dual_loop_fwd(steps, decay, remat, fw0_t, gram, onehot_t, b0, scale)[0]
-
-
-def _dual_softmax(c_k, fw0_t, a, gram, b):
-  return jax.nn.softmax(c_k * fw0_t - a @ gram + b[:, None], axis=0)       # P_k [K, N]
-
-
-def _dual_loop_fwd(steps, decay, remat, fw0_t, gram, onehot_t, b0, scale):
-  c = decay ** jnp.arange(steps, dtype=fw0_t.dtype)            # s^k, k < n
-
-  def step(carry, c_k):
-    a, b = carry
-    p = _dual_softmax(c_k, fw0_t, a, gram, b)
-    r = p - onehot_t
-    return (decay * a + r, b - scale * jnp.sum(r, axis=1)), ((a, b) if remat else (a, p))
-  (a, b), saved = jax.lax.scan(step, (jnp.zeros_like(onehot_t), b0), c)
-  return (a, b), (c, fw0_t, gram, onehot_t, scale, saved)
-
-
-def _dual_loop_bwd(steps, decay, remat, res, cts):
-  c, fw0_t, gram, onehot_t, scale, saved = res
-  a_bar, b_bar = cts
-  k, n = onehot_t.shape
-
-  def back(carry, xs):
-    a_bar, b_bar, scale_bar, gram_bar, fw0_bar = carry     # cotangents of A_{k+1}, b_{k+1}
-    c_k, a, x = xs
-    p = _dual_softmax(c_k, fw0_t, a, gram, x) if remat else x
-    r = p - onehot_t
-    r_bar = a_bar - scale * b_bar[:, None]
-    scale_bar = scale_bar - jnp.sum(b_bar * jnp.sum(r, axis=1))
-    z_bar = p * (r_bar - jnp.sum(p * r_bar, axis=0, keepdims=True))    # softmax over K
-    a_bar = decay * a_bar - z_bar @ gram.T
-    b_bar = b_bar + jnp.sum(z_bar, axis=1)
-    if remat:
-      return (a_bar, b_bar, scale_bar, gram_bar - a.T @ z_bar, fw0_bar + c_k * z_bar), None
-    return (a_bar, b_bar, scale_bar, gram_bar, fw0_bar), z_bar
-  zero = jnp.zeros((), scale.dtype)
-  init = (a_bar, b_bar, zero, jnp.zeros_like(gram), jnp.zeros_like(fw0_t))
-  (_, b0_bar, scale_bar, gram_bar, fw0_bar), z_all = jax.lax.scan(
-      back, init, (c, *saved), reverse=True)
-  if not remat:
-    a_all = saved[0]
-    gram_bar = -(a_all.reshape(steps * k, n).T @ z_all.reshape(steps * k, n))
-    fw0_bar = jnp.einsum("s,skn->kn", c, z_all)
-  return fw0_bar, gram_bar, jnp.zeros_like(onehot_t), b0_bar, scale_bar
-
-
-_dual_loop.defvjp(_dual_loop_fwd, _dual_loop_bwd)
 
 
 def _train_loss(logits, onehot, w, weight_decay: float):

@@ -290,8 +290,8 @@ def _fit_head_autodiff_scan(features, labels, head0, steps, lr, weight_decay, re
     (9, D, "zeros", 0.0, "fixed", True),         # N > D: 'auto' would run the primal
     (6, 8, "random", 0.1, "normalized", False),  # N < D: 'auto' would run the dual
     (6, 8, "random", 0.0, "fixed", True),
-    (6, 8, "random", 0.0, "normalized", False),  # the dual's written-out backward, no remat
-    (6, 8, "random", 0.1, "fixed", False),       # ... with s = 1 - eta wd != 1
+    (6, 8, "random", 0.0, "normalized", False),
+    (6, 8, "random", 0.1, "fixed", False),       # s = 1 - eta wd != 1
 ])
 def test_gd_forms_match_the_autodiff_scan(float64, form, n_tr, dim, init, weight_decay,
                                           step_size, remat):
@@ -322,8 +322,7 @@ def test_gd_forms_match_the_autodiff_scan(float64, form, n_tr, dim, init, weight
   for g, g_ref in zip(grads, grads_ref):
     assert np.abs(np.asarray(g_ref)).max() > 1e-3
     np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-13)
-  # Without the trajectory the dual runs `_dual_loop`, whose backward is written out:
-  # the same head and meta-gradient.
+  # Without the trajectory (how MeRLin calls it): the same head and meta-gradient.
   plain = lambda ft, y, h0, n, eta, wd, rm, ss: (inner.fit_head_gd(
       ft, y, h0, n, eta, wd, rm, step_size=ss, form=form), jnp.zeros(n))
   fn = jax.jit(jax.value_and_grad(lambda ft, fv: run(plain, ft, fv), argnums=(0, 1),
