@@ -112,14 +112,14 @@ def table(rows) -> str:
     cell = lambda k: (f"{_gib(progs[k]['total'])} / {_gib(progs[k]['peak'])}" if k in progs
                       else "-")
     mesh = "x".join(str(v) for v in rep["mesh"].values())
-    step = progs["train_step"]
+    step = progs.get("train_step")   # absent with --programs=probe,eval_batch
     bound = rep["step_time_lower_bound_s"]
-    convs = step["convs"]
+    tflop = f"{step['flops'] / 1e12:.3f}" if step else "-"
+    convs = f"{step['convs'].get('bf16', 0)}/{step['convs'].get('f32', 0)}" if step else "-"
     lines.append(
         f"{head} ({mesh}) | {cell('train_step')} | {cell('probe')} | {cell('eval_batch')} | "
-        f"{_gib(rep['hbm_bytes']) if rep['hbm_bytes'] else '-'} | {step['flops'] / 1e12:.3f} | "
-        f"{'-' if bound is None else f'{1e3 * bound:.1f}'} | "
-        f"{convs.get('bf16', 0)}/{convs.get('f32', 0)} | "
+        f"{_gib(rep['hbm_bytes']) if rep['hbm_bytes'] else '-'} | {tflop} | "
+        f"{'-' if bound is None else f'{1e3 * bound:.1f}'} | {convs} | "
         f"{' + '.join(format(p['compile_s'], '.0f') for p in progs.values())} |")
   return "\n".join(lines)
 

@@ -336,12 +336,13 @@ class Report:
     return self.chip.hbm_bytes if self.chip else None
 
   @property
-  def step_flops(self) -> float:
-    return self.programs["train_step"].flops
+  def step_flops(self) -> float | None:
+    step = self.programs.get("train_step")   # None when only the probe / eval were asked
+    return step.flops if step else None
 
   @property
   def step_time_lower_bound_s(self) -> float | None:
-    if not self.chip:
+    if not self.chip or self.step_flops is None:
       return None
     return self.step_flops / self.chip.peak_bf16_flops
 
@@ -394,8 +395,9 @@ class Report:
     if self.chip:
       out.append(f"  chip: {self.chip.name}, {self.hbm_bytes / GiB:.2f} GiB HBM, "
                  f"{self.chip.peak_bf16_flops / 1e12:.0f} TFLOP/s bf16 ({self.chip.source})")
-      out.append(f"  train step >= {1e3 * self.step_time_lower_bound_s:.2f} ms at peak "
-                 "(FLOPs per device / peak; loop bodies counted once: a lower bound)")
+      if self.step_time_lower_bound_s is not None:
+        out.append(f"  train step >= {1e3 * self.step_time_lower_bound_s:.2f} ms at peak "
+                   "(FLOPs per device / peak; loop bodies counted once: a lower bound)")
       verdict = "FITS" if self.fits else "DOES NOT FIT"
       out.append(f"  {verdict}: peak {self.peak_bytes / GiB:.2f} GiB of "
                  f"{self.hbm_bytes / GiB:.2f} GiB per chip")

@@ -124,6 +124,10 @@ def test_fake_cpu_devices_report():
                               programs=("train_step",),
                               overrides={"model.conv_batch_chunk": 0}).to_dict()
   assert whole["programs"]["train_step"]["convs"] == {"f32": 5}
+  # Only the eval program (bench/memory.py --programs=probe,eval_batch): no step figures.
+  ev = compile_check.check(load_config(DIGITS + ":local"), f"cpu:{n}",
+                           programs=("eval_batch",))
+  assert ev.to_dict()["step_flops"] is None and any("eval_batch" in l for l in ev.lines())
 
 
 def test_accelerator_bench_smoke_runs_on_cpu(tmp_path):
