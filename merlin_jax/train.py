@@ -11,6 +11,7 @@ merlin_jax/two_stage.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -74,6 +75,8 @@ def make_train_step(method: Method, ctx: Context, optimizer, base_key, *, mesh=N
 
   # FSDP: whole weights for the compute, gradients back to shards (sharding.gathered).
   gather = None if state_sharding is None else sharding.gathered(state_sharding.params)
+  if mesh is not None:   # target rows data-parallel, like the source batch (Context.rows)
+    ctx = dataclasses.replace(ctx, rows=sharding.data_sharding(mesh))
 
   def train_step(state: TrainState, source, target, anchor):
     key = jax.random.fold_in(base_key, state.step)   # per-step key: resumable by step

@@ -179,6 +179,37 @@ def test_fsdp_step_needs_fewer_bytes_than_replicated_on_four_devices():
   assert r["fsdp"]["temp"] < 1.1 * r["replicated"]["temp"], r
 
 
+_ROWS_CHILD = """
+import json
+from merlin_jax import compile_check
+from merlin_jax.config_base import load_config
+out = {}
+for method in ("finetune", "merlin"):
+  for n in (4, 1):   # 4 first: a first cpu:1 would fix the process at one device
+    r = compile_check.check(load_config("configs/digits.py:local"), f"cpu:{n}",
+                            programs=("train_step",), method_name=method, overrides={
+                                "target_batch_size": 64, "batch_size": 64,
+                                "split.train_size": 32, "split.val_size": 32})
+    out[f"{method}/{n}"] = r.programs["train_step"].flops
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_target_rows_are_data_parallel_on_four_devices():
+  # Rows taken from the replicated target pool (the fine-tuning minibatch, MeRLin's split)
+  # were computed whole on every device: the same FLOPs per device on 4 devices as on 1
+  # (BERT-base GLUE at v5e:2x4: 2.19 TFLOP per device, as on one chip). Context.rows.
+  import json
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  p = subprocess.run([sys.executable, "-c", _ROWS_CHILD], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  r = json.loads(p.stdout.split("RESULT ", 1)[1])
+  for method in ("finetune", "merlin"):
+    assert r[f"{method}/4"] < 0.4 * r[f"{method}/1"], r
+
+
 def test_gathered_drops_only_the_data_axis():
   import numpy as np
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -42,7 +42,7 @@ def merlin_terms(ctx: Context, params, state, batch, key, with_source: bool):
   train_idx, val_idx = inner_lib.resample_target_split(
       k_split, n_target, hp.split_train_size, hp.split_val_size)
   idx = jnp.concatenate([train_idx, val_idx])
-  x_t, y_t = take_from_pool(target["inputs"], idx), target["label"][idx]
+  x_t, y_t = take_from_pool(target["inputs"], idx, ctx.rows), target["label"][idx]
   source = batch["source"] if with_source else None
   f_src, f_tgt, new_state = backbone_features(
       ctx, params, state, None if source is None else source["inputs"], x_t, train=True)
