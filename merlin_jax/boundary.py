@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 import os
 import sys
 
@@ -182,10 +183,30 @@ def _unreachable(where: str, e: BaseException) -> errors.StorageError | None:
   return None
 
 
+class _NoBackgroundTracebacks(logging.Filter):
+  """Drops the traceback (not the message) of a log record from a thread other than the
+  main one: orbax's and the storage clients' worker threads log a failed write with its
+  traceback (e.g. a full disk: orbax future.py, "Event loop is closed"), printed before the
+  main thread's one line; without --verbose a failure is that one line."""
+
+  def filter(self, record):
+    if record.threadName != "MainThread" and (record.exc_info or record.exc_text):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _quiet_background_tracebacks() -> None:
+  for handler in logging.getLogger().handlers:
+    if not any(isinstance(f, _NoBackgroundTracebacks) for f in handler.filters):
+      handler.addFilter(_NoBackgroundTracebacks())
+
+
 @contextlib.contextmanager
 def cli(prog: str, where: str = ""):
   """The body of a command line: any exception -> one line and its exit status (module
   docstring). `where`: the storage the program works on, named in a storage fault."""
+  if not verbose():
+    _quiet_background_tracebacks()
   try:
     yield
   except SystemExit:

@@ -270,3 +270,39 @@ def test_nan_before_any_checkpoint_says_nothing_was_kept(tmp_path, capfd, monkey
                       workdir=tmp_path / "run")
   line = _one_line(err, code, 3, "non-finite value at step 2")
   assert "no checkpoint was saved yet" in line and "step None" not in line
+
+
+_BACKGROUND_TRACEBACK = """
+import threading
+from absl import app, logging
+from merlin_jax import boundary
+
+def main(argv):
+  def work():   # as orbax's writer threads do when a write fails
+    try:
+      raise RuntimeError("Event loop is closed")
+    except RuntimeError:
+      logging.exception("_SignalingThread.run() raised an exception: OUT_OF_RANGE")
+  t = threading.Thread(target=work)
+  t.start()
+  t.join()
+  raise OSError(27, "File too large")
+
+app.run(boundary.entry("demo", main))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_background_threads_traceback_is_not_printed_before_the_line(tmp_path, verbose):
+  # The full-disk run printed, in about 1 run of 4, a worker thread's logged traceback
+  # before its one line (test above); the boundary keeps such records' message only.
+  script = tmp_path / "demo.py"
+  script.write_text(_BACKGROUND_TRACEBACK)
+  env = dict(os.environ, PYTHONPATH=ROOT, MERLIN_JAX_VERBOSE="1" if verbose else "0")
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=120)
+  assert "OUT_OF_RANGE" in out.stderr
+  assert ("Traceback" in out.stderr) == verbose, out.stderr[-2000:]
+  if not verbose:
+    assert out.returncode == 74 and out.stderr.strip().splitlines()[-1].startswith(
+        "demo: error: storage full")

@@ -119,11 +119,20 @@ def makedirs(path) -> None:
 
 def read_text(path) -> str:
   """The file's text; FileNotFoundError when it does not exist."""
-  return as_path(path).read_text()
+  return read_bytes(path).decode("utf-8")
 
 
 def read_bytes(path) -> bytes:
-  return as_path(path).read_bytes()
+  """The file's bytes. A URI's object is fetched whole, as it is now: through epath,
+  gcsfs read as many bytes as its cached size of the object said, so an object rewritten
+  meanwhile by another writer (the workdir lock, renewed every few seconds) came back cut
+  short (JSONDecodeError on the lock, seen with the GCS emulator)."""
+  if is_local(path):
+    return as_path(path).read_bytes()
+  import fsspec
+  fsys, p = fsspec.core.url_to_fs(os.fspath(path))
+  fsys.invalidate_cache(p)
+  return fsys.cat_file(p)
 
 
 def write_bytes(path, data: bytes) -> None:
