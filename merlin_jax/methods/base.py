@@ -277,15 +277,16 @@ def fine_tuning_method(name: str, objective: Objective, description: str,
                 check_data=check_target_batch, **fields)
 
 
-def sample_target_batch(key, target, size: int, rows=None):
-  """A random subset of `size` examples of the target pool (all of it, permuted, if 0),
-  placed as `rows` (`take_from_pool`)."""
+def sample_target_batch(ctx: Context, key, target):
+  """A random subset of `ctx.hp.target_batch_size` examples of the target pool (all of it,
+  permuted, if 0), placed as `ctx.rows` (`take_from_pool`)."""
   n = target["label"].shape[0]
+  size = ctx.hp.target_batch_size
   size = n if size in (0, None) else size
   if size > n:
     raise ConfigError("target_batch_size", f"{size} exceeds the {n} target-train examples; lower it")
   idx = jax.random.permutation(key, n)[:size]
-  return take_from_pool(target, idx, rows)
+  return take_from_pool(target, idx, ctx.rows)
 
 
 def source_loss(ctx: Context, params, f_src, y_src):

@@ -73,8 +73,7 @@ def _smallest_singular_values_sq_jvp(k, primals, tangents):
 
 def objective(ctx, params, state, batch, key, anchor=None):
   del anchor
-  target = sample_target_batch(key, batch["target"], ctx.hp.target_batch_size,
-                               ctx.rows)
+  target = sample_target_batch(ctx, key, batch["target"])
   _, f_tgt, new_state = backbone_features(ctx, params, state, None, target["inputs"])
   tgt_loss, metrics = target_loss(ctx, params, f_tgt, target["label"])
   shrink = smallest_singular_values_sq(f_tgt, ctx.hp.bss_k)

@@ -46,8 +46,7 @@ def class_relationship(ctx, params, model_state, target_pool):
 def objective(ctx, params, state, batch, key, anchor=None):
   if anchor is None:
     raise ValueError("co_tuning needs the class relationship as `anchor`")
-  target = sample_target_batch(key, batch["target"], ctx.hp.target_batch_size,
-                               ctx.rows)
+  target = sample_target_batch(ctx, key, batch["target"])
   _, f_tgt, new_state = backbone_features(ctx, params, state, None, target["inputs"])
   tgt_loss, metrics = target_loss(ctx, params, f_tgt, target["label"])
   soft = anchor["relationship"][target["label"]]                            # [B, K_s]

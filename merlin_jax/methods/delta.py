@@ -36,8 +36,7 @@ def objective(ctx, params, state, batch, key, anchor=None):
   if anchor is None:
     raise ValueError("delta needs the pre-trained backbone params as `anchor`")
   k_batch, k_head = jax.random.split(key)
-  target = sample_target_batch(k_batch, batch["target"], ctx.hp.target_batch_size,
-                               ctx.rows)
+  target = sample_target_batch(ctx, k_batch, batch["target"])
   _, f_tgt, new_state = backbone_features(ctx, params, state, None, target["inputs"])
   # The pre-trained network's features of the same inputs (batch-norm layers, if any,
   # normalise with this batch's statistics, so no running state of either network enters).

@@ -8,8 +8,7 @@ from merlin_jax.methods.base import (TARGET_BATCH_SIZE, HParam, Method, backbone
 def objective(ctx, params, state, batch, key, anchor=None):
   del anchor
   source = batch["source"]
-  target = sample_target_batch(key, batch["target"], ctx.hp.target_batch_size,
-                               ctx.rows)
+  target = sample_target_batch(ctx, key, batch["target"])
   f_src, f_tgt, new_state = backbone_features(ctx, params, state, source["inputs"],
                                               target["inputs"])
   src_loss, metrics = source_loss(ctx, params, f_src, source["label"])

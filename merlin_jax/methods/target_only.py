@@ -6,8 +6,7 @@ from merlin_jax.methods.base import (TARGET_BATCH_SIZE, Method, backbone_feature
 
 def target_objective(ctx, params, state, batch, key):
   """L_tgt on a target minibatch with the learned head (shared by the target-side methods)."""
-  target = sample_target_batch(key, batch["target"], ctx.hp.target_batch_size,
-                               ctx.rows)
+  target = sample_target_batch(ctx, key, batch["target"])
   _, f_tgt, new_state = backbone_features(ctx, params, state, None, target["inputs"])
   loss, metrics = target_loss(ctx, params, f_tgt, target["label"])
   return loss, new_state, metrics

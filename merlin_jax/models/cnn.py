@@ -65,23 +65,21 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     # x: [N, H, W, C] float32
-    if self.conv_batch_chunk > 0 and not self.use_batch_norm and x.shape[0] > self.conv_batch_chunk:
-      convs = [nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)
-               for width in self.conv_widths]
+    convs = [nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)
+             for width in self.conv_widths]
+    norms = [nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
+             if self.use_batch_norm else None for _ in self.conv_widths]
 
-      def blocks(x):
-        for conv in convs:
-          x = max_pool_2x2(nn.relu(conv(x)))
-        return x
-      x = jnp.concatenate([blocks(x[s:e]) for s, e in batch_chunks(x.shape[0],
-                                                                   self.conv_batch_chunk)])
-    else:
-      for width in self.conv_widths:
-        x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
-        if self.use_batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
-        x = nn.relu(x)
-        x = max_pool_2x2(x)
+    def blocks(x):
+      for conv, norm in zip(convs, norms):
+        x = conv(x)
+        if norm is not None:
+          x = norm(x)
+        x = max_pool_2x2(nn.relu(x))
+      return x
+    chunk = 0 if self.use_batch_norm else self.conv_batch_chunk
+    slices = batch_chunks(x.shape[0], chunk)
+    x = blocks(x) if len(slices) == 1 else jnp.concatenate([blocks(x[s:e]) for s, e in slices])
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.feature_dim, dtype=self.dtype)(x))
     return x.astype(jnp.float32)  # [N, feature_dim]
