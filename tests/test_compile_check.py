@@ -147,6 +147,17 @@ def test_accelerator_bench_smoke_runs_on_cpu(tmp_path):
   assert "| merlin_n5 |" in p.stdout
 
 
+def _on_four_cpu_devices(code: str) -> dict:
+  """Runs `code` in a child with 4 fake CPU devices; the JSON it prints after 'RESULT '."""
+  import json
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return json.loads(p.stdout.split("RESULT ", 1)[1])
+
+
 _FSDP_CHILD = """
 import json
 from merlin_jax import compile_check
@@ -167,13 +178,7 @@ def test_fsdp_step_needs_fewer_bytes_than_replicated_on_four_devices():
   # Without the train step's gather/scatter constraints (sharding.gathered) XLA kept full
   # copies as temporaries: 90.4 MB with FSDP against 62.7 MB replicated here (XLA:CPU, 4
   # fake devices); with them 55.4 MB.
-  import json
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  p = subprocess.run([sys.executable, "-c", _FSDP_CHILD], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-3000:]
-  r = json.loads(p.stdout.split("RESULT ", 1)[1])
+  r = _on_four_cpu_devices(_FSDP_CHILD)
   assert r["fsdp"]["args"] < r["replicated"]["args"] / 2        # the state is split
   assert r["fsdp"]["total"] < r["replicated"]["total"], r       # and not gathered for good
   assert r["fsdp"]["temp"] < 1.1 * r["replicated"]["temp"], r
@@ -199,13 +204,7 @@ def test_target_rows_are_data_parallel_on_four_devices():
   # Rows taken from the replicated target pool (the fine-tuning minibatch, MeRLin's split)
   # were computed whole on every device: the same FLOPs per device on 4 devices as on 1
   # (BERT-base GLUE at v5e:2x4: 2.19 TFLOP per device, as on one chip). Context.rows.
-  import json
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  p = subprocess.run([sys.executable, "-c", _ROWS_CHILD], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert p.returncode == 0, p.stderr[-3000:]
-  r = json.loads(p.stdout.split("RESULT ", 1)[1])
+  r = _on_four_cpu_devices(_ROWS_CHILD)
   for method in ("finetune", "merlin"):
     assert r[f"{method}/4"] < 0.4 * r[f"{method}/1"], r
 
