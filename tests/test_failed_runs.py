@@ -256,3 +256,27 @@ def test_the_target_size_sweep_goes_on_past_a_diverged_run_and_names_it(tmp_path
   assert len(failures) == 6 and failures[0].startswith("synthetic/n12/bss/default/seed_0 (")
   target_size_lib.plot(records, str(tmp_path / "plot.png"))   # the failed runs: no point
   assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_pair_without_prepared_data_stops_the_suite_and_the_sweep_before_any_run(
+    tmp_path, monkeypatch):
+  """The pair listed second has no prepared data (an empty data dir): its DataError, with the
+  command that prepares it, comes before the first pair's first run, not an hour in."""
+  from merlin_jax.experiments import suite_lib, target_size_lib
+  ran = []
+  monkeypatch.setattr(selection, "run_one", lambda *a, **k: ran.append(a) or {})
+  unprepared = tmp_path / "unprepared.py"
+  unprepared.write_text(
+      "from merlin_jax.config_base import load_config\n"
+      "def get_config(arg=None):\n"
+      f"  c = load_config({os.path.join(ROOT, 'configs', 'fashion_digits.py')!r})\n"
+      f"  c.data.data_dir = {str(tmp_path / 'empty')!r}\n"
+      "  return c\n")
+  for run in (lambda: suite_lib.run_suite([SYNTHETIC, str(unprepared)], ["finetune"], [0], 3,
+                                          3, [], str(tmp_path / "suite")),
+              lambda: target_size_lib.sweep([SYNTHETIC, str(unprepared)], [50], ["finetune"],
+                                            [0], 3, 3, [], str(tmp_path / "sweep"))):
+    with pytest.raises(errors.DataError, match="fashion_mnist_local' is not prepared.*"
+                       "merlin_jax.data.prepare fashion_mnist_local"):
+      run()
+  assert ran == []

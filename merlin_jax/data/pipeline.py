@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from merlin_jax.data import image, synthetic, text
 from merlin_jax.data.interface import TransferData
+from merlin_jax.errors import DataError
 
 
 def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
@@ -34,3 +35,22 @@ def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
   if data_cfg.get("kind", "image") == "text":
     return text.load_text_transfer_data(data_cfg, seed, **kwargs)
   return image.load_image_transfer_data(data_cfg, seed, **kwargs)
+
+
+def check_prepared(data_cfg, need_source: bool = True) -> None:
+  """The DataError a run would raise once its data loads, raised now: every TFDS dataset
+  that data_cfg names (target, and source when need_source) is prepared in its data dir.
+  Our pip-only builders are built here (as a run would); synthetic data needs nothing. A
+  driver of many runs (the suite, the target-size sweep) calls it for every pair first."""
+  if synthetic.is_synthetic(data_cfg):
+    return
+  from merlin_jax.data import tfds_io
+  get = (text.get_text_builder if data_cfg.get("kind", "image") == "text"
+         else tfds_io.get_builder)
+  for role in ("source", "target") if need_source else ("target",):
+    name = data_cfg[role].name
+    builder = get(name, data_cfg.data_dir)
+    if not builder.is_prepared():
+      raise DataError(f"dataset {name!r} is not prepared in "
+                      f"{data_cfg.data_dir or '~/tensorflow_datasets'}: "
+                      f"{tfds_io.prepare_hint(name, data_cfg.data_dir)}")

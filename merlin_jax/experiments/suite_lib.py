@@ -119,6 +119,7 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
   table (selection.compare); `failures` (a list), if given, collects the failed runs' names
   ('pair/method/setting/seed_s (reason)') for the command line's exit line."""
   grids = selection.parse_grid(grid_specs)
+  check_data(pairs)
   sections = []
   total_minutes = []
   for pair in pairs:
@@ -153,6 +154,14 @@ def run_suite(pairs, methods, seeds, steps, eval_every, grid_specs, root, worksp
              sections, total_minutes)
   return _write(workspace, pairs, methods, seeds, steps, eval_every, grid_specs, tune_seeds,
                 sections, total_minutes)
+
+
+def check_data(pairs) -> None:
+  """Every pair's data is prepared, before the first run (else the DataError naming the
+  command that prepares it now, not when that pair's first run starts)."""
+  from merlin_jax.data import pipeline
+  for pair in pairs:
+    pipeline.check_prepared(load_config(pair).data)
 
 
 def wall_minutes(pair_root: str) -> float:

@@ -98,6 +98,8 @@ def sweep(pairs, sizes, methods, seeds, steps, eval_every, grid_specs, root, num
   if BASELINE not in methods:
     raise ValueError(f"the gains are over {BASELINE}: include it in the methods")
   grids = selection.parse_grid(grid_specs)
+  if missing is None:   # a look at a partial sweep reads no data
+    suite_lib.check_data(pairs)
   records = []
   for pair in pairs:
     name = os.path.splitext(os.path.basename(pair.partition(":")[0]))[0]
