@@ -259,7 +259,7 @@ def _compare(base, root, methods, seeds, grids, tune_seeds, pretrain_root, run_m
         else:
           grid[n] = round(float(np.mean([r["best_target_val_accuracy"] for r in recs])),
                           VAL_DECIMALS)
-    chosen = max(grid, key=grid.get) if grid else ("default" if not grid_failed else None)
+    chosen = choose(grid) if grid else ("default" if not grid_failed else None)
     final = [run(chosen, s) for s in seeds] if chosen is not None else [None] * len(seeds)
     failed = any(r is None for r in final)
     test = [None if r is None else r["target_test_accuracy"] for r in final]
@@ -296,6 +296,13 @@ def exit_if_failed(prog: str, failures: Sequence[str]) -> None:
 
 
 BASELINE = "finetune"   # the gains of the tables are over fine-tuning
+
+
+def choose(grid: dict[str, float]) -> str:
+  """The selected candidate of {name: mean target-val accuracy}: the best, ties to the
+  earlier name (the config's own setting is first). Values are compared as rounded to
+  VAL_DECIMALS by the caller."""
+  return max(grid, key=grid.get)
 
 
 def val_margin(grid: dict[str, float]) -> float | None:
