@@ -144,9 +144,10 @@ def pretrain_stage(config: ml_collections.ConfigDict, pre_workdir: str,
       workdir_lib.check(config, then)
     pre = two_stage.pretrain_config(config)
     logging.info("stage 1/2 (pretrain): %d steps in %s, the start of %s", pre.total_steps,
-                 pre_workdir, config.method)
+                 pre_workdir, config.method if then is not None else "the two-stage methods")
     _locked_run(pre, pre_workdir, checks.validate_config(pre), None)
-  logging.info("stage 2/2 (%s): starts from %s", config.method, pre_workdir)
+  if then is not None:   # a sweep's shared pre-training (then=None) has no one stage 2
+    logging.info("stage 2/2 (%s): starts from %s", config.method, pre_workdir)
   return fs.join(pre_workdir, checkpointing.EXPORT)
 
 
