@@ -326,6 +326,10 @@ def _initial_state(config, method: Method, ctx: Context, mesh, data, optimizer, 
         pretrained, ctx.backbone, params, model_state, method.pretrained_heads)
     params.update(heads)
   anchor = method.anchor(ctx, params, model_state, data.target_train)
+  if method.check_start is not None:
+    warning = method.check_start(ctx, params, model_state, data.target_train)
+    if warning:
+      logging.warning("%s: %s", method.name, warning)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=optimizer.init(params),
                      best_val_accuracy=jnp.full((), -1.0, jnp.float32),

@@ -130,3 +130,23 @@ def test_bss_penalty_takes_bfloat16_features():
   exact = np.linalg.svd(np.asarray(jnp.asarray(f, jnp.bfloat16), np.float64),
                         compute_uv=False)[-1] ** 2
   assert float(value) == pytest.approx(exact, rel=1e-4)
+
+
+def test_bss_warns_when_its_penalty_is_zero_at_the_start(s):
+  """Features of rank r < min(B, D) make the k smallest singular values 0: the penalty and
+  its gradient are 0 and BSS is fine-tuning (the shipped pairs' SmallCNN: dead ReLU units).
+  The run's log says so, with the batch size that gives BSS something to shrink."""
+  from merlin_jax.methods import bss
+  rng = np.random.default_rng(0)
+  low = rng.normal(size=(8, 3)) @ rng.normal(size=(3, 16))          # rank 3 of 8
+  line = bss.rank_warning(low.astype(np.float32), 1)
+  assert "rank 3" in line and "[8, 16]" in line and "target_batch_size=1" in line
+  assert bss.rank_warning(low, 5) is not None       # the 5 smallest of 8: all zero
+  assert bss.rank_warning(low, 6) is None           # the 6 smallest include sigma_3 > 0
+  assert bss.rank_warning(rng.normal(size=(8, 16)), 1) is None   # full rank
+  # From a start: identical target images (rank-1 features) warn; distinct ones do not.
+  ctx = s.ctx()
+  same = _degenerate_batch(s, "identical")["target"]
+  assert "rank 1," in bss.check_start(ctx, s.params, s.state, same)
+  assert bss.METHOD.check_start is bss.check_start
+  assert bss.check_start(ctx, s.params, s.state, s.target) is None, "random images: full rank"

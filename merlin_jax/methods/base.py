@@ -170,6 +170,9 @@ class Method:
   # make_anchor(ctx, params, model_state, target_pool) -> the anchor, computed once from the
   # pre-trained start (default: its backbone params).
   make_anchor: Callable[..., Any] | None = None
+  # check_start(ctx, params, model_state, target_pool) -> None, or one line the log warns
+  # with: the objective will not do what its name says from this start (BSS: a zero penalty).
+  check_start: Callable[..., str | None] | None = None
 
   def __post_init__(self):
     if self.eval_head not in ("learned", "probe"):

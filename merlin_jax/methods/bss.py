@@ -22,16 +22,24 @@ in F reproduces it; see WORKSPACE.md for what was and was not reproduced):
 * The driver is LAPACK's QR iteration (gesvd, `SvdAlgorithm.QR`), not divide-and-conquer
   (gesdd): the more robust one (the one scipy's docs point to when gesdd fails), with the
   same cost on 600 x 256 features here. TPU has one SVD (it takes no algorithm).
+
+When F has rank r <= min(B, D) - k (more examples than independent feature directions, or
+dead ReLU units: the shipped pairs' SmallCNN gives rank ~180 on a 200-example pool of
+256-d features), the k smallest singular values are 0, and so are the penalty and its
+gradient: BSS is fine-tuning. `check_start` measures the rank on the pre-trained features
+of one target batch and the run's log warns with a batch size below it (the paper used 48
+examples of 2048-d ResNet-50 features).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.lax import linalg as lax_linalg
 
 from merlin_jax.methods.base import (HParam, at_least, backbone_features, fine_tuning_method,
-                                     sample_target_batch, target_loss)
+                                     sample_target_batch, take, target_loss)
 
 
 def _svd(features, compute_uv: bool):
@@ -82,7 +90,35 @@ def objective(ctx, params, state, batch, key, anchor=None):
   return loss, (new_state, metrics)
 
 
+def rank_warning(features, k: int) -> str | None:
+  """None, or the line saying that the k smallest singular values of features [B, D] are
+  (numerically) zero, so the penalty and its gradient are zero and BSS trains as
+  fine-tuning. Rank as numpy's matrix_rank counts it in float32 (dead ReLU units, or more
+  examples than independent feature directions, make it less than min(B, D))."""
+  f = np.asarray(features, np.float64)
+  s = np.linalg.svd(f, compute_uv=False)
+  rank = int(np.sum(s > s[0] * max(f.shape) * np.finfo(np.float32).eps)) if s.size else 0
+  if rank > len(s) - k:
+    return None
+  return (f"the pre-trained features of a target batch [{f.shape[0]}, {f.shape[1]}] have rank "
+          f"{rank}, so the {k} smallest singular values are 0: the penalty and its gradient "
+          f"are 0 and BSS trains as fine-tuning. Set target_batch_size below the rank "
+          f"(e.g. --config.target_batch_size={max(rank // 2, 1)}; the paper: 48 examples of "
+          f"2048 features)")
+
+
+def check_start(ctx, params, model_state, target_pool) -> str | None:
+  """rank_warning on the features of the first target_batch_size pool examples at the start."""
+  n = target_pool["label"].shape[0]
+  size = ctx.hp.target_batch_size or n
+  inputs = take(target_pool["inputs"], np.arange(min(size, n)))
+  _, f, _ = jax.jit(lambda p, st, x: backbone_features(ctx, p, st, None, x, train=False))(
+      params, model_state, inputs)
+  return rank_warning(jax.device_get(f), ctx.hp.bss_k)
+
+
 METHOD = fine_tuning_method(
     "bss", objective, "L_tgt + eta * sum of the k smallest sigma^2 of the batch features",
     (HParam("bss.eta", 0.001, "weight of the spectral penalty (paper: 0.001)", at_least(0)),
-     HParam("bss.k", 1, "how many of the smallest singular values (paper: 1)", at_least(1))))
+     HParam("bss.k", 1, "how many of the smallest singular values (paper: 1)", at_least(1))),
+    check_start=check_start)
