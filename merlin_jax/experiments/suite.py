@@ -3,8 +3,8 @@ r"""The Table 1 analogues on offline pairs: every method x seed x pair, one comm
   python -m merlin_jax.experiments.suite --workdir=/tmp/merlin/suite --workspace=WORKSPACE.md
 
 (defaults: the three pairs, nine methods, seeds 0,1,2, 200 steps, DEFAULT_GRID tuned on
-seed 0; the six methods of WORKSPACE.md's table took 48 min on a 2-core CPU, BSS, DELTA and
-Co-Tuning were added after it). For each pair (a config file), runs `merlin_jax.compare`
+seed 0; one single-threaded process per pair side by side on a 2-core CPU took 62, 109 and
+66 min, WORKSPACE.md issue 31). For each pair (a config file), runs `merlin_jax.compare`
 (methods x seeds, a small grid chosen on target validation) with the outer-step budget
 scaled to `--steps` (pre-training gets the same budget), then writes a markdown table
 (target test accuracy, mean ± std over seeds) and one plot per pair (target validation

@@ -32,7 +32,11 @@ DEFAULT_GRID = [
     "merlin:rho=0.3,3", "merlin:inner.steps=5,50", "merlin:inner.lr=0.5",
     "merlin:split.train_size=150;split.val_size=50",
     "merlin_ft:inner.steps=5,50", "merlin_ft:inner.lr=0.5",
-    "bss:bss.eta=0.0001,0.01", "delta:delta.alpha=0.001,0.1", "delta:delta.beta=0.1",
+    # BSS on the whole 200-500 example pool: the SmallCNN's features have rank ~180 (dead
+    # ReLU units), its smallest singular value is 0 and BSS is fine-tuning (its run warns);
+    # at the paper's batch of 48 it has a spectrum to shrink.
+    "bss:bss.eta=0.0001,0.01", "bss:target_batch_size=48",
+    "delta:delta.alpha=0.001,0.1", "delta:delta.beta=0.1",
     "co_tuning:co_tuning.weight=0.3,3",
 ]
 
