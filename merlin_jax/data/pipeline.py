@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from merlin_jax.data import image, synthetic, text
 from merlin_jax.data.interface import TransferData
-from merlin_jax.errors import DataError
 
 
 def load_transfer_data(data_cfg, seed: int, *, need_source: bool = True,
@@ -51,6 +50,4 @@ def check_prepared(data_cfg, need_source: bool = True) -> None:
     name = data_cfg[role].name
     builder = get(name, data_cfg.data_dir)
     if not builder.is_prepared():
-      raise DataError(f"dataset {name!r} is not prepared in "
-                      f"{data_cfg.data_dir or '~/tensorflow_datasets'}: "
-                      f"{tfds_io.prepare_hint(name, data_cfg.data_dir)}")
+      raise tfds_io.not_prepared(name, data_cfg.data_dir)

@@ -34,6 +34,12 @@ def base_name(name: str) -> str:
   return name.split("/")[0].split(":")[0]
 
 
+def not_prepared(name: str, data_dir: str) -> DataError:
+  """The one-line error for a dataset that is not prepared in data_dir, naming the fix."""
+  return DataError(f"dataset {name!r} is not prepared in "
+                   f"{data_dir or '~/tensorflow_datasets'}: {prepare_hint(name, data_dir)}")
+
+
 def prepare_hint(name: str, data_dir: str) -> str:
   """The command that prepares dataset `name` (for DataError messages)."""
   from merlin_jax.data import builders
@@ -95,9 +101,7 @@ def as_dataset(builder, name: str, data_dir: str, split: str, **kwargs):
       ds = ds.map(lambda ex: {renamed.names.get(k, k): v for k, v in ex.items()})
     return ds
   except AssertionError:  # TFDS: "could not find data in DIR"
-    raise DataError(f"dataset {name!r} is not prepared in "
-                    f"{data_dir or '~/tensorflow_datasets'}: {prepare_hint(name, data_dir)}"
-                    ) from None
+    raise not_prepared(name, data_dir) from None
   except (KeyError, ValueError) as e:
     raise DataError(f"dataset {name!r}: cannot read split {split!r} ({first_line(e)})"
                     ) from None
