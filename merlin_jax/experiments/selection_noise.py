@@ -56,10 +56,10 @@ def method_noise(root: str, method: str, names: Sequence[str], seeds: Sequence[i
   mean test accuracy over seeds}, single_test: {seed: test of that choice}, pooled_test,
   single_margin: {seed: val margin on that split}, pooled_margin}.
   """
-  val = {n: [_record(root, method, n, s)["best_target_val_accuracy"] for s in seeds]
-         for n in names}
-  test = {n: float(np.mean([_record(root, method, n, s)["target_test_accuracy"]
-                            for s in seeds])) for n in names}
+  records = {n: [_record(root, method, n, s) for s in seeds] for n in names}
+  val = {n: [r["best_target_val_accuracy"] for r in rs] for n, rs in records.items()}
+  test = {n: float(np.mean([r["target_test_accuracy"] for r in rs]))
+          for n, rs in records.items()}
   single, single_margin = {}, {}
   for i, s in enumerate(seeds):
     grid = {n: _rounded(val[n][i]) for n in names}
