@@ -46,8 +46,11 @@ def default_conv_batch_chunk() -> int:
   """`model.conv_batch_chunk = -1` (auto): at most 64 images per convolution on the CPU
   backend, the whole batch elsewhere. On XLA:CPU the BENCH.md step (328 images) runs ~15%
   faster with its convolutions on 6 slices of ~55 images than on the whole batch (the
-  kernels' gradient, the costliest part, ~1.5x faster alone), while slices of 32 or fewer
-  make the step slower (WORKSPACE.md, issue 32); an accelerator wants the whole batch."""
+  kernels' gradient, the costliest part, ~1.5x faster alone); an accelerator wants the whole
+  batch. With XLA's own reductions slices of 32 or fewer made the step ~50% slower (the
+  bias gradients are then not rewritten into reduce-windows); with YNNPACK's, the package
+  default (merlin_jax/__init__.py), 24 to 110 images are within ~3% of 64 (WORKSPACE.md,
+  issue 32)."""
   return 64 if jax.default_backend() == "cpu" else 0
 
 
