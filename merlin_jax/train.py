@@ -77,6 +77,9 @@ def make_train_step(method: Method, ctx: Context, optimizer, base_key, *, mesh=N
   gather = None if state_sharding is None else sharding.gathered(state_sharding.params)
   if mesh is not None:   # target rows data-parallel, like the source batch (Context.rows)
     ctx = dataclasses.replace(ctx, rows=sharding.data_sharding(mesh))
+  platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+  if platform == "cpu":   # source and target in two backbone passes (Context.pass_per_part)
+    ctx = dataclasses.replace(ctx, pass_per_part=True)
 
   def train_step(state: TrainState, source, target, anchor):
     key = jax.random.fold_in(base_key, state.step)   # per-step key: resumable by step

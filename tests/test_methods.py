@@ -269,10 +269,54 @@ def test_merlin_ft_first_order_changes_the_backbone_gradient(s):
   assert _max_abs(gap) > 1e-6
 
 
-def test_merlin_updates_batch_norm_statistics_in_one_pass():
+@pytest.mark.parametrize("name", ["joint", "merlin"])
+def test_a_pass_per_part_gives_the_one_pass_loss_and_gradient(s, name):
+  """Context.pass_per_part (CPU meshes) runs source and target through a backbone without
+  batch statistics separately: the same loss, metrics and gradient as the one pass over
+  their concatenation, up to the order of float sums."""
+  objective = get_method(name).objective
+  def run(ctx):
+    fn = jax.value_and_grad(lambda p: objective(ctx, p, s.state, s.batch, s.key, None),
+                            has_aux=True)
+    (loss, (new_state, metrics)), grads = fn(s.params)
+    return loss, new_state, metrics, grads
+  one, two = run(s.ctx()), run(dataclasses.replace(s.ctx(), pass_per_part=True))
+  np.testing.assert_allclose(one[0], two[0], **TOL)
+  _assert_tree_close(one[2], two[2])
+  _assert_tree_close(one[3], two[3])
+  assert _max_abs(one[3]["backbone"]) > 1e-4   # the backbone's gradient is compared
+  assert two[1] == s.state == {}
+
+
+def test_make_train_step_asks_for_a_pass_per_part_on_cpu():
+  import optax
+  from merlin_jax import train
+  from merlin_jax.methods import Method
+  seen = []
+  def objective(ctx, params, state, batch, key, anchor):
+    seen.append(ctx.pass_per_part)
+    loss = jnp.sum(params["w"] ** 2)
+    return loss, (state, {"loss": loss})
+  tx = optax.sgd(0.1)
+  params = {"w": jnp.ones(3)}
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                           opt_state=tx.init(params), best_val_accuracy=jnp.zeros(()),
+                           best_step=jnp.zeros((), jnp.int32))
+  method = Method("spy", objective, uses_source=True, needs_pretrained=False,
+                  eval_head="learned")
+  ctx = Context(backbone=None, hp=tiny_hyper())
+  train.make_train_step(method, ctx, tx, jax.random.key(0))(state, None, None, None)
+  assert jax.default_backend() == "cpu" and seen == [True]
+
+
+@pytest.mark.parametrize("pass_per_part", [False, True])
+def test_merlin_updates_batch_norm_statistics_in_one_pass(pass_per_part):
+  # With batch norm the statistics span [source; target]: one pass even when the context
+  # asks for a pass per part.
   s_bn = Setup(batch_norm=True)
   assert "batch_stats" in s_bn.state
-  loss, new_state, _, _ = s_bn.run("merlin", s_bn.ctx())
+  loss, new_state, _, _ = s_bn.run(
+      "merlin", dataclasses.replace(s_bn.ctx(), pass_per_part=pass_per_part))
   assert np.isfinite(loss)
   assert jax.tree.structure(new_state) == jax.tree.structure(s_bn.state)
   changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),

@@ -142,6 +142,10 @@ class Context:
   # mesh's 'data' sharding, so the target minibatch / MeRLin's split is computed data-
   # parallel like the source batch instead of whole on every device. None: no constraint.
   rows: Any = None
+  # Run the backbone once per part (source, then target) instead of once over their
+  # concatenation, when it keeps no batch statistics (`backbone_features`): the same
+  # features, faster on XLA:CPU. `train.make_train_step` sets it for a CPU mesh.
+  pass_per_part: bool = False
 
 
 Objective = Callable[..., tuple[jax.Array, tuple[Any, dict]]]
@@ -220,7 +224,19 @@ def backbone_features(ctx: Context, params, state, source_inputs, target_inputs,
 
   Returns (source_features or None, target_features or None, new_state). One pass means
   batch-norm statistics come from the combined batch and running averages update once.
+
+  With `ctx.pass_per_part` (set for CPU meshes) and a backbone without batch statistics
+  (empty state), source and target go through the backbone in two passes instead: each
+  image's features depend only on that image, so they are the same features (the weights'
+  gradient sums the two parts: the same sum in another order). On XLA:CPU the BENCH.md
+  MeRLin step ran ~7% faster that way and joint training ~2% (its compiled temporaries
+  79 -> 53 MB and 79 -> 67 MB; WORKSPACE.md, issue 32). Accelerators keep one pass.
   """
+  if (ctx.pass_per_part and source_inputs is not None and target_inputs is not None
+      and not jax.tree.leaves(state)):
+    f_src, _ = ctx.backbone.features(params["backbone"], state, source_inputs, train)
+    f_tgt, new_state = ctx.backbone.features(params["backbone"], state, target_inputs, train)
+    return f_src, f_tgt, new_state
   # uint8 pixels (a pool kept in uint8) are scaled before the concatenation would promote
   # them to floats in [0, 255].
   parts = [pixels_to_float(x) for x in (source_inputs, target_inputs) if x is not None]
