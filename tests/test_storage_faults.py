@@ -44,7 +44,9 @@ def _cli(workdir, run=None):
           *[f"--config.{k}={v}" for k, v in (run or RUN).items()]]
 
 
-CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:  .*\n)*?"
+# The traceback's lines, and any absl log line another thread wrote in between (seen in CI:
+# orbax's "Failed to run 3 Handler Commit operations" inside the traceback).
+CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:(?:  |[IWEF]\d{4} ).*\n)*?"
                          r"RuntimeError: Event loop is closed\n")
 
 
