@@ -44,9 +44,11 @@ def _cli(workdir, run=None):
           *[f"--config.{k}={v}" for k, v in (run or RUN).items()]]
 
 
-# The traceback's lines, and any absl log line another thread wrote in between (seen in CI:
-# orbax's "Failed to run 3 Handler Commit operations" inside the traceback).
-CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n(?:(?:  |[IWEF]\d{4} ).*\n)*?"
+# The traceback's lines, and what other threads wrote in between: an absl log line (seen in
+# CI: orbax's "Failed to run 3 Handler Commit operations" inside the traceback) or the start
+# of the next such traceback (seen in CI: ten of them, printed concurrently, interleaved).
+CLOSED_LOOP = re.compile(r"Traceback \(most recent call last\):\n"
+                         r"(?:(?:  |[IWEF]\d{4} |Traceback \(most recent call last\):).*\n)*?"
                          r"RuntimeError: Event loop is closed\n")
 
 
