@@ -282,3 +282,26 @@ def test_unreadable_checkpoints_are_moved_aside_on_gs(emulator):
   step, tree = checkpointing.restore_latest(mngr, {"w": jnp.zeros((3,))})
   assert step == 1 and float(tree["w"][0]) == 1.0
   mngr.close()
+
+
+def test_objects_written_by_another_writer_are_seen_at_once(emulator):
+  """On an object store, this process is never the only writer: orbax's array data goes
+  through tensorstore, and on a pod every host writes. A listing cached by gcsfs (fsspec's
+  dircache) once answered 'no such directory' for best/<step>/default right after
+  tensorstore had written it (CI: the rerun after a lost storage failed its first save of
+  the selected model). Lists, another client writes under the listed prefix, then every
+  question about the new objects must see them."""
+  import gcsfs
+  from etils import epath
+  base = _uri("cache")
+  fs.write_text(fs.join(base, "1", "a.txt"), "x")
+  assert fs.listdir(base) == ["1"]                       # listings of the prefix, cached
+  assert fs.listdir(fs.join(base, "1")) == ["a.txt"]
+  other = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+  other.pipe(fs.join(base, "2", "default", "b").removeprefix("gs://"), b"y")
+  other.pipe(fs.join(base, "1", "default", "c").removeprefix("gs://"), b"z")
+  for p in (fs.join(base, "2"), fs.join(base, "2", "default"), fs.join(base, "1", "default"),
+            fs.join(base, "2", "default", "b")):
+    assert fs.exists(p) and epath.Path(p).exists(), p
+  assert fs.listdir(base) == ["1", "2"]
+  assert fs.listdir(fs.join(base, "1")) == ["a.txt", "default"]

@@ -36,8 +36,18 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 if os.environ.get("STORAGE_EMULATOR_HOST"):
   os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fsspec  # noqa: E402
 from absl import logging  # noqa: E402
 from etils import epath  # noqa: E402  (after the environment above)
+
+# No listing cache for object stores: this process is never their only writer (orbax's
+# array data goes through tensorstore, and on a pod every host writes), and fsspec answers
+# "does not exist" for any path under a listed directory that the cached listing lacks.
+# Seen: a rerun's save of best/<step> failed because orbax's check of best/<step>/default,
+# just written by tensorstore, was answered from a listing of best/ taken before. Every
+# question now goes to the store (tests/test_gcs.py: ..._another_writer_...).
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
