@@ -61,6 +61,12 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+if __name__ == "__main__":
+  # As the command line does (merlin_jax/runtime/host_memory.py): malloc on transparent huge
+  # pages, for ours and, through the environment it inherits, for the peer alike.
+  from merlin_jax.runtime import host_memory  # noqa: E402
+  host_memory.reexec_with_hugepages()
+
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -598,11 +604,12 @@ def main(argv):
       "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
       "machine": platform.platform(), "warmup": warmup, "steps": steps,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "init": _INIT.value,
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "load_average_start": os.getloadavg(),
   }
   print(f"# {meta['command']}  {meta['date_utc']}  jax {meta['jax']} {meta['backend']} "
         f"{meta['cpu_count']} CPUs  warmup {warmup} steps {steps}  init {_INIT.value}  "
-        f"load average {_load()}", flush=True)
+        f"load average {_load()}  GLIBC_TUNABLES={meta['glibc_tunables'] or '-'}", flush=True)
   log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
   if _PEER.value:
     res = peer_round_robin(cfgs, warmup, steps, _ROUNDS.value, _PEER_SCRIPT.value, log)

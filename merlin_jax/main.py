@@ -29,12 +29,25 @@ several processes, one that dies makes the others stop within seconds with statu
 import re
 import sys
 
-# Signals first (before the heavy imports below): a SIGTERM / Ctrl-C in the first instants
-# is recorded and ends the run with exit 75 and a message, not 143 and nothing. (As a
-# program only: imported, e.g. by tests, it leaves the process's signals alone.)
-from merlin_jax.runtime import preemption  # noqa: E402  (numpy only)
-if __name__ == "__main__":
+# The command line's first steps, before the imports below (this module and preemption.py
+# import the standard library only, so no thread exists yet):
+# 1. restart once with malloc on transparent huge pages where that helps (~20% of a CPU
+#    step was page faults; merlin_jax/runtime/host_memory.py), with SIGTERM / SIGINT held
+#    across the restart;
+# 2. signals: a SIGTERM / Ctrl-C in the first instants is recorded and ends the run with
+#    exit 75 and a message, not 143 and nothing.
+# (As a program only: imported, e.g. by tests, it leaves the process alone.)
+from merlin_jax.runtime import host_memory, preemption  # noqa: E402
+
+
+def _start():
+  host_memory.reexec_with_hugepages()
   preemption.install_early()
+  host_memory.release_signals()   # a stop that came during the restart reaches the handler
+
+
+if __name__ == "__main__":
+  _start()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -150,6 +163,9 @@ def _main(argv):
   with boundary.cli("merlin_jax", where=_WORKDIR.value):
     from merlin_jax import run_report   # a first line before the slow imports and loading
     logging.info("%s", run_report.start_line(_CONFIG.value, _WORKDIR.value))
+    if host_memory.active():
+      logging.info("malloc on transparent huge pages (GLIBC_TUNABLES=%s; "
+                   "MERLIN_JAX_HUGEPAGES=0 turns this off)", host_memory.TUNABLE)
     from merlin_jax import train  # after flag parsing: fast --help
     from merlin_jax.runtime import distributed
     distributed.initialize(distributed.Settings.from_env(
@@ -174,7 +190,13 @@ def _compile_only(config, target: str):
     _fail(report.advice())
 
 
-if __name__ == "__main__":
+def cli():
+  """`python -m merlin_jax.main` and the console command `merlin-train`: the same program."""
+  _start()                    # (again for merlin-train: a no-op when already done)
   preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
   boundary.HARD_EXIT_ON_STORAGE_FAULT = True
   run()
+
+
+if __name__ == "__main__":
+  cli()
