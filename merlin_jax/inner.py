@@ -7,8 +7,9 @@ the meta-gradient flows from the target-val loss through the fitted head into ph
 Solvers (config `inner.kind`):
   gd     the paper's: n plain gradient steps of size eta on the softmax cross-entropy of
          the head over target-train features, as a `lax.scan`; the body is wrapped in
-         `jax.checkpoint` (config `inner.remat`) so the backward pass stores only the
-         carry per step and memory does not grow with the features' activations. With
+         `jax.checkpoint` (config `inner.remat`; or its backward pass written out with
+         the same bound) so the backward pass stores at most the carry per step and
+         memory does not grow with the features' activations. With
          fewer train examples than feature dimensions the steps run in the dual form
          (config `inner.gd_form`, `fit_head_gd`): the same iterates, ~5x cheaper.
   ridge  closed-form ridge regression of one-hot targets (R2-D2, Bertinetto et al. 2019),
@@ -121,8 +122,10 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
             step on the carry (A [K, N], b [K], s^k), W formed once at the end. The
             meta-gradient reaches F through the Gram matrix F F^T, F W_0 and that last
             product. Cheaper whenever N_tr <= D (MeRLin's 100 x 256 split: ~5x per step).
-  With `remat` the scan body is a `jax.checkpoint`: the backward pass keeps only the
-  carry per step (the head, or A and b) and recomputes the rest.
+  With `remat` the backward pass keeps at most the carry per step (the head, or A and b)
+  and recomputes the rest: the scan body is a `jax.checkpoint`, except in the dual form
+  without weight decay, whose backward pass is written out (`_dual_loop`: fewer XLA
+  kernels per inner step, which is what a step costs on a CPU; issue 32).
   """
   if step_size == "normalized":
     lr = lr / curvature_bound(features, weight_decay)
@@ -152,6 +155,12 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
       a, b, c = carry
       return {"w": c * head0["w"] - scale * (a @ features).T, "b": b}
 
+    if not weight_decay and not return_trajectory:   # s = 1: see _dual_loop
+      gram1 = 0.5 * (gram + gram.T) + scale          # symmetric; + the bias's column
+      a = _dual_loop(steps, bool(remat), fw0_t + head0["b"][:, None], gram1, onehot_t)
+      return {"w": head0["w"] - scale * (a @ features).T,
+              "b": head0["b"] - scale * jnp.sum(a, axis=1)}
+
     def step(carry, _):
       a, b, c = carry          # A_k^T [K, N], b_k [K], s^k
       logits_t = c * fw0_t - a @ gram + b[:, None]                          # Z_k^T [K, N]
@@ -166,6 +175,71 @@ def fit_head_gd(features: jax.Array, labels: jax.Array, head0, steps: int, lr: f
   carry, trajectory = jax.lax.scan(step, carry0, None, length=steps)
   head = to_head(carry)
   return (head, trajectory) if return_trajectory else head
+
+
+# The dual-form loop without weight decay (s = 1), its backward pass written out.
+#
+# With s = 1, A_k = R_0 + ... + R_{k-1} and b_k = b_0 - (eta / N) A_k 1, so the bias is one
+# more feature, constant 1: Z_k = Z_0 - A_k G1 with Z_0 = F W_0 + 1 b_0^T and
+# G1 = (eta / N) (F F^T + 1 1^T). The loop carries A only:
+#     P_k = softmax(Z_0 - A_k G1) (over the K classes),   A_{k+1} = A_k + P_k - Y.
+# Its autodiff (a checkpointed scan over A, b, s^k) ran 15 XLA kernels per forward inner
+# step and 19 per backward one (with the recomputed forward); on a CPU, where the [K, N] x
+# [N, N] products are a few microseconds, a step's cost is mostly those kernels (issue 32).
+# Written out, 9 and 10:
+#   remat=True   keeps P_k per step (K N floats: less than the carry A_k, b_k, s^k that the
+#                checkpointed scan kept) and recovers A_k = A_{k+1} - (P_k - Y) going
+#                backwards, so nothing is recomputed; 2 products per backward step
+#                (Zbar_k G1, and G1's cotangent -A_k^T Zbar_k accumulated). Rounding:
+#                A_k recovered this way differs from the forward's by a few ulp of |A| per
+#                step (|A| <= k), the order of the float32 autodiff's own sums;
+#                tests/test_inner.py checks both forms in float64 and float32.
+#   remat=False  keeps A_k and P_k and stacks Zbar_k: 1 product per backward step, and G1's
+#                cotangent as one [N, nK] x [nK, N] matmul after the loop.
+# G1 is symmetric by construction (0.5 (G + G^T)), so Zbar_k G1^T = Zbar_k G1: with the
+# transposed operand the products were slower here (~0.5 ms over n = 200's 400 of them).
+# The meta-gradient of n = 200 steps at 100 x 256 features (fwd + bwd, alone, 2-core CPU):
+# 6.3-6.5 ms autodiff, 5.0 written out (remat); 5.8 and 3.9 without remat.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _dual_loop(steps, remat, z0_t, gram1, onehot_t):
+  """A_n^T [K, N] after `steps` dual-form GD steps from A_0 = 0 (s = 1)."""
+  return _dual_loop_fwd(steps, remat, z0_t, gram1, onehot_t)[0]
+
+
+def _dual_loop_fwd(steps, remat, z0_t, gram1, onehot_t):
+  def step(a, _):
+    p = jax.nn.softmax(z0_t - a @ gram1, axis=0)                      # P_k^T [K, N]
+    return a + (p - onehot_t), (p if remat else (a, p))
+  a, saved = jax.lax.scan(step, jnp.zeros_like(onehot_t), None, length=steps)
+  return a, (z0_t, gram1, onehot_t, saved, a)
+
+
+def _dual_loop_bwd(steps, remat, residuals, a_bar):
+  z0_t, gram1, onehot_t, saved, a_n = residuals
+  k, n = onehot_t.shape
+
+  def back(carry, x):
+    a_next, a_bar, gram_bar, z0_bar = carry     # A_{k+1} and the cotangent of A_{k+1}
+    if remat:
+      p = x
+      a = a_next - (p - onehot_t)               # A_k
+    else:
+      a, p = x
+    z_bar = p * (a_bar - jnp.sum(p * a_bar, axis=0, keepdims=True))   # softmax over K
+    a_bar_k = a_bar - z_bar @ gram1
+    if remat:
+      return (a, a_bar_k, gram_bar - a.T @ z_bar, z0_bar + z_bar), None
+    return (a_next, a_bar_k, gram_bar, z0_bar + z_bar), z_bar
+  init = (a_n, a_bar, jnp.zeros_like(gram1), jnp.zeros_like(z0_t))
+  (_, _, gram_bar, z0_bar), z_all = jax.lax.scan(back, init, saved, reverse=True)
+  if not remat:
+    gram_bar = -(saved[0].reshape(steps * k, n).T @ z_all.reshape(steps * k, n))
+  return z0_bar, gram_bar, jnp.zeros_like(onehot_t)
+
+
+_dual_loop.defvjp(_dual_loop_fwd, _dual_loop_bwd)
 
 
 def _train_loss(logits, onehot, w, weight_decay: float):
