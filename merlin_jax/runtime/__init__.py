@@ -11,6 +11,7 @@ another host, kept apart from the research code (train.py, inner.py, losses.py, 
   distributed.py    jax.distributed.initialize for multi-process runs
   loop.py           the train loop's plumbing: `itstime`, the metrics queue, the managers
   lifeline.py       a dead process ends the other processes of a run at once (exit 75)
+  host_memory.py    the command line restarts once with malloc on transparent huge pages
 
 The resume promise (README, "What is promised") rests on these invariants; each has the
 tests that pin it:
