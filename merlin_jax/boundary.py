@@ -201,12 +201,45 @@ def _quiet_background_tracebacks() -> None:
       handler.addFilter(_NoBackgroundTracebacks())
 
 
+def is_closed_loop_callback(unraisable) -> bool:
+  """A tensorstore write that completed after orbax's event loop had closed (a save that
+  failed, e.g. on a full disk or a lost bucket: orbax gives up and closes its loop while
+  other writes are still in flight): tensorstore's done-callback calls the loop's
+  `call_soon_threadsafe`, which raises "Event loop is closed", and tensorstore hands that to
+  sys.unraisablehook, whose default prints a bare traceback. Nothing awaits that write
+  any more; the save's own failure is what the run reports."""
+  e = unraisable.exc_value
+  if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+    return False
+  tb = unraisable.exc_traceback
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed" and (
+      os.path.join("asyncio", "base_events.py") in tb.tb_frame.f_code.co_filename)
+
+
+def _quiet_closed_loop_callbacks() -> None:
+  previous = sys.unraisablehook
+  if getattr(previous, "_merlin_jax", False):
+    return
+
+  def hook(unraisable):
+    if is_closed_loop_callback(unraisable):
+      logging.getLogger(__name__).debug("a storage write completed after its event loop "
+                                        "closed (its save had already failed)")
+      return
+    previous(unraisable)
+  hook._merlin_jax = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def cli(prog: str, where: str = ""):
   """The body of a command line: any exception -> one line and its exit status (module
   docstring). `where`: the storage the program works on, named in a storage fault."""
   if not verbose():
     _quiet_background_tracebacks()
+    _quiet_closed_loop_callbacks()
   try:
     yield
   except SystemExit:
