@@ -40,7 +40,14 @@ import sys
 from merlin_jax.runtime import host_memory, preemption  # noqa: E402
 
 
+_started = False
+
+
 def _start():
+  global _started
+  if _started:   # python -m: done at import, before the heavy imports
+    return
+  _started = True
   host_memory.reexec_with_hugepages()
   preemption.install_early()
   host_memory.release_signals()   # a stop that came during the restart reaches the handler
@@ -192,7 +199,7 @@ def _compile_only(config, target: str):
 
 def cli():
   """`python -m merlin_jax.main` and the console command `merlin-train`: the same program."""
-  _start()                    # (again for merlin-train: a no-op when already done)
+  _start()                    # merlin-train's first steps (python -m took them at import)
   preemption.arm_watchdog()   # a stop ends the process within a bound, even when stuck
   boundary.HARD_EXIT_ON_STORAGE_FAULT = True
   run()

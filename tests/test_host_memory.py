@@ -55,6 +55,13 @@ def test_thp_mode_reads_the_kernel_file(tmp_path):
   assert host_memory.thp_mode(str(tmp_path / "missing")) is None
 
 
+def _plain_environ(**extra):
+  """This environment without any restart setting of ours or the user's."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", "MERLIN_JAX_REEXEC", "MERLIN_JAX_HUGEPAGES")}
+  return dict(env, **extra)
+
+
 def _needs_restart():
   if host_memory.reexec_reason({}) is None:
     pytest.skip(f"no restart on this machine (glibc {host_memory._glibc_version()}, THP "
@@ -83,7 +90,7 @@ def test_a_large_buffer_costs_a_fraction_of_the_page_faults():
   temporaries at every call. On 4 KB pages that is 16,384 faults; on 2 MB pages a few
   dozen (fewer than a quarter asserted: the kernel may fall back to small pages for part)."""
   _needs_restart()
-  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  env = _plain_environ()
   plain = int(subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
                              text=True, check=True).stdout)
   huge = int(subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True,
@@ -114,9 +121,7 @@ print("stop requested", preemption.is_requested(), flush=True)
 
 def test_a_stop_during_the_restart_reaches_the_new_process():
   _needs_restart()
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "MERLIN_JAX_REEXEC", "MERLIN_JAX_HUGEPAGES")}
-  out = subprocess.run([sys.executable, "-c", _RESTART], env=dict(env, PYTHONPATH=ROOT),
+  out = subprocess.run([sys.executable, "-c", _RESTART], env=_plain_environ(PYTHONPATH=ROOT),
                        capture_output=True, text=True, timeout=60)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.split("\n")
@@ -131,10 +136,9 @@ def test_the_command_line_runs_on_huge_pages_and_says_so(tmp_path):
   program, merlin_jax.main:cli), up to a bad-input exit after their first log lines; with
   MERLIN_JAX_HUGEPAGES=0 no restart."""
   _needs_restart()
-  base = {k: v for k, v in os.environ.items()
-          if k not in ("GLIBC_TUNABLES", "MERLIN_JAX_REEXEC", "MERLIN_JAX_HUGEPAGES")}
-  base.update(JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0", TF_CPP_MIN_LOG_LEVEL="2",
-              PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  base = _plain_environ(JAX_PLATFORMS="cpu", MERLIN_JAX_TENSORBOARD="0",
+                        TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+                        XLA_FLAGS="--xla_force_host_platform_device_count=2")
   args = [f"--config={os.path.join(ROOT, 'configs', 'synthetic.py')}",
           "--config.batch_size=15", f"--workdir={tmp_path / 'run'}"]
   module = [sys.executable, "-m", "merlin_jax.main"]
